@@ -1,0 +1,550 @@
+//! Routing: method + path, query, headers and body → domain values, and
+//! every refusal → status + reason in one place. Plain responses are
+//! serialised by tiny_http's `Response`; event streams go to `stream.rs`.
+//! No business rules beyond checking input.
+
+use std::io::{self, BufWriter, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use tiny_http::{HTTPVersion, Header, Method, Response, StatusCode};
+
+use crate::config::Config;
+use crate::event::{self, EventId, TopicFilter};
+use crate::hub::{Hub, PublishError, SubscribeError};
+use crate::request::{Conn, Framing, Head, RequestError};
+use crate::stream::{self, StreamParams};
+
+/// A request head must arrive within this (SPEC "Hostile input"); the same
+/// bound closes a keep-alive connection that stays idle.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request body must arrive within this once its head has.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+const PAGE: &str = include_str!("index.html");
+const PAGE_CSP: &str = "default-src 'none'; script-src 'self' 'unsafe-inline'; \
+    style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; \
+    base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// What every connection thread shares.
+pub struct App {
+    pub hub: Hub,
+    pub config: Config,
+}
+
+/// A plain (non-stream) response.
+struct Reply {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+    headers: Vec<(&'static str, String)>,
+    /// Close the connection after answering (the body was not read, or the
+    /// framing cannot be trusted).
+    close: bool,
+}
+
+impl Reply {
+    fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Reply {
+        Reply {
+            status,
+            content_type,
+            body: body.into(),
+            headers: Vec::new(),
+            close: false,
+        }
+    }
+
+    fn json(status: u16, value: serde_json::Value) -> Reply {
+        Reply::new(status, "application/json", value.to_string())
+    }
+
+    fn text(status: u16, text: &str) -> Reply {
+        Reply::new(status, "text/plain; charset=utf-8", format!("{text}\n"))
+    }
+
+    fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    fn closing(mut self) -> Reply {
+        self.close = true;
+        self
+    }
+}
+
+/// A refused request: its status, the reason told to the client and logged,
+/// and whether the connection must close.
+struct Refusal {
+    status: u16,
+    reason: String,
+    close: bool,
+    retry_after: bool,
+}
+
+impl Refusal {
+    fn new(status: u16, reason: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            reason: reason.into(),
+            close: false,
+            retry_after: false,
+        }
+    }
+}
+
+impl From<RequestError> for Refusal {
+    fn from(e: RequestError) -> Refusal {
+        Refusal {
+            status: e.status(),
+            reason: e.reason().to_string(),
+            // After a framing or size error the rest of the connection
+            // cannot be trusted to hold a next request.
+            close: true,
+            retry_after: false,
+        }
+    }
+}
+
+/// Client-supplied text, made safe for a log line: escaped and truncated.
+fn shown(s: &str) -> String {
+    let mut out: String = s.chars().take(120).flat_map(char::escape_debug).collect();
+    if s.chars().count() > 120 {
+        out.push('…');
+    }
+    out
+}
+
+fn send(conn: &mut Conn, head: Option<&Head>, reply: Reply) -> io::Result<()> {
+    let http10 = head.is_none_or(|h| h.http10);
+    let head_only = head.is_some_and(|h| h.method == Method::Head);
+    let header = |name: &str, value: &str| {
+        Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("ASCII header")
+    };
+    let mut response = Response::from_data(reply.body)
+        .with_status_code(StatusCode(reply.status))
+        .with_header(header("Content-Type", reply.content_type))
+        .with_header(header("Server", concat!("ssehub/", env!("CARGO_PKG_VERSION"))));
+    for (name, value) in &reply.headers {
+        response.add_header(header(name, value));
+    }
+    let version = if http10 {
+        HTTPVersion(1, 0)
+    } else {
+        HTTPVersion(1, 1)
+    };
+    let mut out = BufWriter::new(&conn.stream);
+    response.raw_print(&mut out, version, &[], head_only, None)?;
+    out.flush()
+}
+
+/// Serves requests on one connection until it closes or becomes a stream.
+pub fn serve_connection(stream: TcpStream, app: &App) {
+    let mut conn = Conn::new(stream);
+    loop {
+        let head = match conn.read_head(Instant::now() + HEAD_TIMEOUT) {
+            Ok(head) => head,
+            Err(RequestError::Closed) => return,
+            Err(e) => {
+                let _ = refuse(&mut conn, None, None, app, e.into());
+                return;
+            }
+        };
+        match route(conn, head, app) {
+            Some(open) => conn = open,
+            None => return,
+        }
+    }
+}
+
+/// Answers one request; gives the connection back if it stays open.
+fn route(mut conn: Conn, head: Head, app: &App) -> Option<Conn> {
+    let (path, query) = split_target(&head.target);
+    let events = path == "/events";
+    let reply = match (&head.method, path) {
+        (Method::Get, "/events") => return subscribe(conn, &head, query, app),
+        (Method::Post, "/events") => publish(&mut conn, &head, query, app),
+        (Method::Options, "/events") if app.config.cors_origin.is_some() => {
+            bodyless(&mut conn, &head).map(|()| preflight())
+        }
+        (Method::Get | Method::Head, "/") => bodyless(&mut conn, &head).map(|()| {
+            Reply::new(200, "text/html; charset=utf-8", PAGE)
+                .header("Content-Security-Policy", PAGE_CSP)
+                .header("X-Content-Type-Options", "nosniff")
+        }),
+        (Method::Get | Method::Head, "/healthz") => {
+            bodyless(&mut conn, &head).map(|()| Reply::text(200, "ok"))
+        }
+        (Method::Get | Method::Head, "/metrics") => bodyless(&mut conn, &head).map(|()| {
+            Reply::new(
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                app.hub.metrics.render(&app.hub.gauges()),
+            )
+        }),
+        (_, "/events") => Err(Refusal::new(405, "method not allowed")),
+        (_, "/" | "/healthz" | "/metrics") => Err(Refusal::new(405, "method not allowed")),
+        _ => Err(Refusal::new(404, "not found")),
+    };
+    let reply = match reply {
+        Ok(reply) => reply,
+        Err(refusal) => {
+            let allow = match path {
+                "/events" if app.config.cors_origin.is_some() => "GET, POST, OPTIONS",
+                "/events" => "GET, POST",
+                _ => "GET, HEAD",
+            };
+            let with_allow = refusal.status == 405;
+            let close = refusal.close;
+            let ok = refuse(
+                &mut conn,
+                Some(&head),
+                with_allow.then_some(allow),
+                app,
+                refusal,
+            );
+            return (ok && !close && !head.wants_close()).then_some(conn);
+        }
+    };
+    let close = reply.close || head.wants_close();
+    let reply = if events {
+        with_cors(reply, app)
+    } else {
+        reply
+    };
+    let sent = send(&mut conn, Some(&head), reply).is_ok();
+    (sent && !close).then_some(conn)
+}
+
+/// Sends a refusal: JSON `{"error"}` on `POST /events`, plain text elsewhere.
+/// Returns whether the answer was written.
+fn refuse(
+    conn: &mut Conn,
+    head: Option<&Head>,
+    allow: Option<&str>,
+    app: &App,
+    refusal: Refusal,
+) -> bool {
+    let (method, path) = head.map_or(("-".into(), "-".into()), |h| {
+        (h.method.to_string(), shown(split_target(&h.target).0))
+    });
+    let peer = conn
+        .stream
+        .peer_addr()
+        .map_or_else(|_| "-".into(), |a| a.to_string());
+    log::info!(
+        "refused {method} {path} from {peer}: {} {}",
+        refusal.status,
+        refusal.reason
+    );
+    crate::metrics::Metrics::add(&app.hub.metrics.refused, 1);
+    let publishing = head.is_some_and(|h| h.method == Method::Post);
+    let mut reply = if publishing {
+        Reply::json(
+            refusal.status,
+            serde_json::json!({ "error": refusal.reason }),
+        )
+    } else {
+        Reply::text(refusal.status, &refusal.reason)
+    };
+    if let Some(allow) = allow {
+        reply = reply.header("Allow", allow);
+    }
+    if refusal.retry_after {
+        reply = reply.header("Retry-After", "1");
+    }
+    if refusal.status == 401 {
+        reply = reply.header("WWW-Authenticate", "Bearer");
+    }
+    if refusal.close {
+        reply = reply.closing();
+    }
+    if head.is_some_and(|h| split_target(&h.target).0 == "/events") {
+        reply = with_cors(reply, app);
+    }
+    send(conn, head, reply).is_ok()
+}
+
+fn with_cors(reply: Reply, app: &App) -> Reply {
+    match &app.config.cors_origin {
+        Some(origin) if origin == "*" => reply.header("Access-Control-Allow-Origin", "*"),
+        Some(origin) => reply
+            .header("Access-Control-Allow-Origin", origin.clone())
+            .header("Vary", "Origin"),
+        None => reply,
+    }
+}
+
+fn preflight() -> Reply {
+    Reply::new(204, "text/plain", "")
+        .header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+        .header(
+            "Access-Control-Allow-Headers",
+            "Last-Event-ID, Authorization, Content-Type",
+        )
+        .header("Access-Control-Max-Age", "86400")
+}
+
+/// Routes other than `POST /events` take no body: one that is declared is
+/// refused with 413 before it is read.
+fn bodyless(conn: &mut Conn, head: &Head) -> Result<(), Refusal> {
+    let framing = head.framing()?;
+    let deadline = Instant::now() + BODY_TIMEOUT;
+    conn.read_body(framing, 0, deadline)?;
+    Ok(())
+}
+
+/// `/path?query` → (`/path`, `query`); an absolute-form target keeps only
+/// its path.
+fn split_target(target: &str) -> (&str, &str) {
+    let target = match target.strip_prefix("http://").or(target.strip_prefix("https://")) {
+        Some(rest) => rest.find('/').map_or("/", |i| &rest[i..]),
+        None => target,
+    };
+    target.split_once('?').unwrap_or((target, ""))
+}
+
+/// Decodes an `application/x-www-form-urlencoded` query into pairs.
+pub fn parse_query(query: &str) -> Result<Vec<(String, String)>, &'static str> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((percent_decode(k)?, percent_decode(v)?))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> Result<String, &'static str> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .filter(|_| bytes[i + 1].is_ascii_hexdigit())
+                    .ok_or("malformed percent-encoding in the query")?;
+                out.push(hex);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| "query is not UTF-8")
+}
+
+/// Compares a secret without an early exit on the first differing byte.
+fn same_secret(given: &[u8], secret: &[u8]) -> bool {
+    let mut diff = given.len() ^ secret.len();
+    for (i, s) in secret.iter().enumerate() {
+        diff |= usize::from(given.get(i).copied().unwrap_or(!s) ^ s);
+    }
+    diff == 0
+}
+
+/// `Authorization: Bearer <token>`, exactly that scheme.
+fn bearer_matches(head: &Head, token: &str) -> bool {
+    match head.single("Authorization") {
+        Ok(Some(value)) => value
+            .strip_prefix("Bearer ")
+            .is_some_and(|given| same_secret(given.as_bytes(), token.as_bytes())),
+        _ => false,
+    }
+}
+
+fn publish(conn: &mut Conn, head: &Head, query: &str, app: &App) -> Result<Reply, Refusal> {
+    let cfg = &app.config;
+    let framing = head.framing()?;
+    if let Framing::Length(n) = framing {
+        if n > cfg.max_event_bytes as u64 {
+            return Err(RequestError::BodyTooLarge.into());
+        }
+    }
+    let body_unread = |r: Refusal| Refusal {
+        close: r.close || framing != Framing::None,
+        ..r
+    };
+    if let Some(token) = &cfg.publish_token {
+        if !bearer_matches(head, token) {
+            return Err(body_unread(Refusal::new(401, "missing or wrong publish token")));
+        }
+    }
+    let mut topic = None;
+    let mut name = None;
+    for (k, v) in parse_query(query).map_err(|e| body_unread(Refusal::new(400, e)))? {
+        let slot = match k.as_str() {
+            "topic" => &mut topic,
+            "event" => &mut name,
+            _ => continue,
+        };
+        if slot.replace(v).is_some() {
+            return Err(body_unread(Refusal::new(400, format!("{k} given more than once"))));
+        }
+    }
+    let topic = topic.unwrap_or_else(|| "default".into());
+    event::check_name("topic", &topic).map_err(|e| body_unread(Refusal::new(400, e)))?;
+    if let Some(name) = &name {
+        event::check_event_name(name).map_err(|e| body_unread(Refusal::new(400, e)))?;
+    }
+    if framing == Framing::None {
+        return Err(Refusal::new(411, "Content-Length or chunked body required"));
+    }
+    match head.single("Expect") {
+        Ok(None) => {}
+        Ok(Some(v)) if v.eq_ignore_ascii_case("100-continue") => {
+            conn.send_continue().map_err(|_| RequestError::Closed)?;
+        }
+        _ => return Err(body_unread(Refusal::new(417, "unsupported Expect"))),
+    }
+    let deadline = Instant::now() + BODY_TIMEOUT;
+    let body = conn.read_body(framing, cfg.max_event_bytes, deadline)?;
+    let data = String::from_utf8(body).map_err(|_| Refusal::new(400, "body is not UTF-8"))?;
+    match app.hub.publish(&topic, name.as_deref(), &data) {
+        Ok(p) => Ok(Reply::json(
+            200,
+            serde_json::json!({
+                "id": p.id.to_string(),
+                "topic": topic,
+                "receivers": p.receivers,
+            }),
+        )),
+        Err(PublishError::Closed) => Err(Refusal {
+            retry_after: true,
+            ..Refusal::new(503, "shutting down")
+        }),
+    }
+}
+
+/// Validates a subscription and turns the connection into its stream.
+fn subscribe(mut conn: Conn, head: &Head, query: &str, app: &App) -> Option<Conn> {
+    let checked = (|| -> Result<(TopicFilter, Option<EventId>), Refusal> {
+        bodyless(&mut conn, head)?;
+        let mut topics = Vec::new();
+        let mut token = None;
+        let mut query_id = None;
+        for (k, v) in parse_query(query).map_err(|e| Refusal::new(400, e))? {
+            match k.as_str() {
+                "topic" => {
+                    event::check_name("topic", &v).map_err(|e| Refusal::new(400, e))?;
+                    if !topics.contains(&v) {
+                        topics.push(v);
+                    }
+                }
+                "token" => token = Some(v),
+                "lastEventId" => query_id = Some(v),
+                _ => {}
+            }
+        }
+        if let Some(secret) = &app.config.subscribe_token {
+            let by_query = token
+                .as_deref()
+                .is_some_and(|t| same_secret(t.as_bytes(), secret.as_bytes()));
+            if !by_query && !bearer_matches(head, secret) {
+                return Err(Refusal::new(401, "missing or wrong subscribe token"));
+            }
+        }
+        // The header wins: a reconnecting EventSource sends it while its URL
+        // still carries the id the page started from.
+        let header_id = head.single("Last-Event-ID")?.filter(|v| !v.is_empty());
+        let last = match header_id.map(str::to_owned).or(query_id) {
+            Some(id) => Some(
+                id.parse::<EventId>()
+                    .map_err(|e| Refusal::new(400, format!("malformed Last-Event-ID: {e}")))?,
+            ),
+            None => None,
+        };
+        let topics = if topics.is_empty() {
+            TopicFilter::All
+        } else {
+            TopicFilter::Only(topics)
+        };
+        Ok((topics, last))
+    })();
+    let refusal = match checked {
+        Ok((topics, last)) => match app.hub.subscribe(topics, last) {
+            Ok(sub) => {
+                log::debug!("stream opened ({} open)", app.hub.gauges().subscribers);
+                let params = StreamParams {
+                    http10: head.http10,
+                    retry_ms: app.config.retry_ms,
+                    heartbeat: app.config.heartbeat,
+                    cors_origin: app.config.cors_origin.as_deref(),
+                    last_event_id: last,
+                };
+                stream::serve(conn.into_stream(), sub, &params);
+                log::debug!("stream closed");
+                return None;
+            }
+            Err(SubscribeError::Full) => Refusal {
+                retry_after: true,
+                close: true,
+                ..Refusal::new(503, "too many subscribers")
+            },
+            Err(SubscribeError::Closed) => Refusal {
+                retry_after: true,
+                close: true,
+                ..Refusal::new(503, "shutting down")
+            },
+        },
+        Err(refusal) => refusal,
+    };
+    let close = refusal.close;
+    let ok = refuse(&mut conn, Some(head), None, app, refusal);
+    (ok && !close && !head.wants_close()).then_some(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_split() {
+        assert_eq!(split_target("/events?topic=a"), ("/events", "topic=a"));
+        assert_eq!(split_target("/events"), ("/events", ""));
+        assert_eq!(split_target("http://h:1/events?x"), ("/events", "x"));
+        assert_eq!(split_target("http://h"), ("/", ""));
+    }
+
+    #[test]
+    fn queries_decode() {
+        assert_eq!(
+            parse_query("topic=a%20b&topic=c+d&x&=v&lastEventId=1-2").unwrap(),
+            [
+                ("topic".into(), "a b".into()),
+                ("topic".into(), "c d".into()),
+                ("x".into(), "".into()),
+                ("".into(), "v".into()),
+                ("lastEventId".into(), "1-2".into()),
+            ]
+        );
+        assert_eq!(parse_query("t=%E2%9C%93").unwrap()[0].1, "\u{2713}");
+        assert_eq!(parse_query("t=%0A").unwrap()[0].1, "\n");
+        assert!(parse_query("t=%").is_err());
+        assert!(parse_query("t=%4").is_err());
+        assert!(parse_query("t=%zz").is_err());
+        assert!(parse_query("t=%+1").is_err());
+        assert!(parse_query("t=%FF").is_err());
+    }
+
+    #[test]
+    fn secrets_compare() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abd", b"abc"));
+        assert!(!same_secret(b"ab", b"abc"));
+        assert!(!same_secret(b"abcd", b"abc"));
+        assert!(!same_secret(b"", b"abc"));
+    }
+
+    #[test]
+    fn log_text_is_escaped() {
+        assert_eq!(shown("a\nb\x1b"), "a\\nb\\u{1b}");
+        assert_eq!(shown(&"x".repeat(200)).chars().count(), 121);
+    }
+}

@@ -1,0 +1,347 @@
+//! The registry of subscribers and the event log behind one mutex, and the
+//! hub's three verbs: `publish`, `subscribe`, `close`. Fans out with a
+//! non-blocking send per subscriber; never writes to a socket, never sees
+//! HTTP types, never blocks while holding the lock.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::event::{EventId, Frame, IdClock, SharedFrame, TopicFilter};
+use crate::history::{EventLog, Replay};
+use crate::metrics::{Gauges, Metrics};
+use crate::sse;
+
+/// Limits the hub enforces.
+#[derive(Clone, Copy, Debug)]
+pub struct HubLimits {
+    pub max_subscribers: usize,
+    pub client_queue: usize,
+}
+
+pub struct Hub {
+    inner: Mutex<Inner>,
+    /// Signalled whenever a subscription ends, for shutdown to wait on.
+    stream_ended: Condvar,
+    limits: HubLimits,
+    pub metrics: Metrics,
+}
+
+struct Inner {
+    subscribers: Vec<Subscriber>,
+    log: Box<dyn EventLog>,
+    clock: IdClock,
+    next_key: u64,
+    /// Subscriptions alive (registered, or evicted and still ending).
+    streams: usize,
+    closed: bool,
+}
+
+struct Subscriber {
+    key: u64,
+    topics: TopicFilter,
+    tx: Sender<SharedFrame>,
+    ended: Arc<AtomicBool>,
+}
+
+/// What `publish` reports.
+#[derive(Debug)]
+pub struct Published {
+    pub id: EventId,
+    pub receivers: usize,
+}
+
+/// Why a subscription was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubscribeError {
+    /// `--max-subscribers` streams are open.
+    Full,
+    /// The hub is shutting down.
+    Closed,
+}
+
+/// Why a publish was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PublishError {
+    /// The hub is shutting down.
+    Closed,
+}
+
+/// A registered subscriber: its queue and what it is owed from the log.
+/// Dropping it removes the subscriber from the registry.
+pub struct Subscription<'a> {
+    hub: &'a Hub,
+    key: u64,
+    pub rx: Receiver<SharedFrame>,
+    pub replay: Replay,
+    ended: Arc<AtomicBool>,
+}
+
+impl Subscription<'_> {
+    /// True once the hub has let go of this subscriber (evicted for being
+    /// too slow, or shutting down): its stream should end now, without
+    /// writing what is still queued.
+    pub fn ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.hub.metrics
+    }
+}
+
+impl Drop for Subscription<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.hub.lock();
+        if let Some(i) = inner.subscribers.iter().position(|s| s.key == self.key) {
+            inner.subscribers.swap_remove(i);
+        }
+        inner.streams -= 1;
+        drop(inner);
+        self.hub.stream_ended.notify_all();
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Hub {
+    pub fn new(log: Box<dyn EventLog>, limits: HubLimits) -> Hub {
+        Hub {
+            inner: Mutex::new(Inner {
+                subscribers: Vec::new(),
+                log,
+                clock: IdClock::default(),
+                next_key: 0,
+                streams: 0,
+                closed: false,
+            }),
+            stream_ended: Condvar::new(),
+            limits,
+            metrics: Metrics::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock is a bug, but the registry stays
+        // consistent (every mutation is a single Vec operation), so keep
+        // serving rather than poisoning every later request.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Assigns the next id, appends the event to the log and queues it for
+    /// every matching subscriber. A subscriber already `client_queue` events
+    /// behind is evicted instead; one whose stream is gone is pruned.
+    pub fn publish(
+        &self,
+        topic: &str,
+        event: Option<&str>,
+        data: &str,
+    ) -> Result<Published, PublishError> {
+        let body = sse::body(event, data);
+        let now = now_ms();
+        let mut inner = self.lock();
+        if inner.closed {
+            return Err(PublishError::Closed);
+        }
+        let id = inner.clock.next(now);
+        let frame = Arc::new(Frame {
+            id,
+            topic: topic.into(),
+            bytes: sse::frame(id, &body),
+        });
+        inner.log.append(frame.clone());
+        let receivers = self.fan_out(&mut inner, &frame);
+        drop(inner);
+        Metrics::add(&self.metrics.published, 1);
+        Ok(Published { id, receivers })
+    }
+
+    fn fan_out(&self, inner: &mut Inner, frame: &SharedFrame) -> usize {
+        let mut receivers = 0;
+        let mut evicted = 0;
+        let queue = self.limits.client_queue;
+        inner.subscribers.retain(|s| {
+            if !s.topics.matches(&frame.topic) {
+                return true;
+            }
+            if s.tx.len() >= queue {
+                s.ended.store(true, Ordering::Release);
+                evicted += 1;
+                return false;
+            }
+            let queued = s.tx.send(frame.clone()).is_ok();
+            receivers += usize::from(queued);
+            queued
+        });
+        if evicted > 0 {
+            Metrics::add(&self.metrics.evicted, evicted);
+            log::debug!("evicted {evicted} subscribers more than {queue} events behind");
+        }
+        receivers
+    }
+
+    /// Registers a subscriber and, in the same critical section, takes what
+    /// the log owes it after `last`; so every event is either in the replay
+    /// or in the queue, never both and never neither.
+    pub fn subscribe(
+        &self,
+        topics: TopicFilter,
+        last: Option<EventId>,
+    ) -> Result<Subscription<'_>, SubscribeError> {
+        let mut inner = self.lock();
+        if inner.closed {
+            return Err(SubscribeError::Closed);
+        }
+        if inner.streams >= self.limits.max_subscribers {
+            return Err(SubscribeError::Full);
+        }
+        let replay = last
+            .map(|last| inner.log.replay(last, &topics))
+            .unwrap_or_default();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let ended = Arc::new(AtomicBool::new(false));
+        let key = inner.next_key;
+        inner.next_key += 1;
+        inner.streams += 1;
+        inner.subscribers.push(Subscriber {
+            key,
+            topics,
+            tx,
+            ended: ended.clone(),
+        });
+        Ok(Subscription {
+            hub: self,
+            key,
+            rx,
+            replay,
+            ended,
+        })
+    }
+
+    /// Ends every stream (each writes its stream end and returns) and
+    /// refuses new publishes and subscriptions.
+    pub fn close(&self) {
+        let mut inner = self.lock();
+        inner.closed = true;
+        for s in inner.subscribers.drain(..) {
+            s.ended.store(true, Ordering::Release);
+        }
+    }
+
+    /// Waits until every subscription has ended or `timeout` has passed;
+    /// returns how many are still open.
+    pub fn wait_streams_ended(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        let mut inner = self.lock();
+        while inner.streams > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            inner = self
+                .stream_ended
+                .wait_timeout(inner, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        inner.streams
+    }
+
+    /// The gauges for `/metrics`, read together.
+    pub fn gauges(&self) -> Gauges {
+        let inner = self.lock();
+        Gauges {
+            subscribers: inner.streams,
+            history_events: inner.log.len(),
+            max_subscribers: self.limits.max_subscribers,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::History;
+
+    fn hub(max_subscribers: usize, client_queue: usize) -> Hub {
+        Hub::new(
+            Box::new(History::new(100, 1 << 20)),
+            HubLimits {
+                max_subscribers,
+                client_queue,
+            },
+        )
+    }
+
+    #[test]
+    fn publish_reaches_matching_subscribers_only() {
+        let hub = hub(10, 10);
+        let a = hub
+            .subscribe(TopicFilter::Only(vec!["a".into()]), None)
+            .unwrap();
+        let all = hub.subscribe(TopicFilter::All, None).unwrap();
+        let p = hub.publish("b", None, "x").unwrap();
+        assert_eq!(p.receivers, 1);
+        assert!(a.rx.try_recv().is_err());
+        assert_eq!(all.rx.try_recv().unwrap().id, p.id);
+    }
+
+    #[test]
+    fn max_subscribers_is_enforced_and_freed_on_drop() {
+        let hub = hub(1, 10);
+        let first = hub.subscribe(TopicFilter::All, None).unwrap();
+        assert_eq!(
+            hub.subscribe(TopicFilter::All, None).err(),
+            Some(SubscribeError::Full)
+        );
+        drop(first);
+        assert!(hub.subscribe(TopicFilter::All, None).is_ok());
+    }
+
+    #[test]
+    fn a_subscriber_too_far_behind_is_evicted() {
+        let hub = hub(10, 2);
+        let slow = hub.subscribe(TopicFilter::All, None).unwrap();
+        for _ in 0..2 {
+            assert_eq!(hub.publish("t", None, "x").unwrap().receivers, 1);
+        }
+        assert!(!slow.ended());
+        assert_eq!(hub.publish("t", None, "x").unwrap().receivers, 0);
+        assert!(slow.ended());
+        assert_eq!(hub.metrics.evicted.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn subscribe_takes_the_replay_and_registers_together() {
+        let hub = hub(10, 10);
+        let first = hub.publish("t", None, "1").unwrap().id;
+        hub.publish("t", None, "2").unwrap();
+        let sub = hub.subscribe(TopicFilter::All, Some(first)).unwrap();
+        hub.publish("t", None, "3").unwrap();
+        assert_eq!(sub.replay.frames.len(), 1);
+        assert_eq!(sub.rx.len(), 1);
+        assert!(sub.replay.frames[0].id < sub.rx.try_recv().unwrap().id);
+    }
+
+    #[test]
+    fn close_ends_every_stream_and_refuses_more() {
+        let hub = hub(10, 10);
+        let sub = hub.subscribe(TopicFilter::All, None).unwrap();
+        hub.close();
+        assert!(sub.ended());
+        assert_eq!(
+            hub.subscribe(TopicFilter::All, None).err(),
+            Some(SubscribeError::Closed)
+        );
+        assert_eq!(hub.publish("t", None, "x").err(), Some(PublishError::Closed));
+        assert_eq!(hub.wait_streams_ended(Duration::from_millis(1)), 1);
+        drop(sub);
+        assert_eq!(hub.wait_streams_ended(Duration::from_millis(1)), 0);
+    }
+}

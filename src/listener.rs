@@ -1,0 +1,154 @@
+//! The accept loop: one OS thread per accepted connection, a cap on open
+//! connections below the open-file limit, and 503s instead of failures when
+//! the cap or the process's descriptors run out. No protocol logic beyond
+//! the fixed refusal.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::http::{self, App};
+
+/// Stack of a connection thread. Measured: the deepest path (publish with
+/// JSON, logging) touches well under 64 KiB; untouched pages cost no RSS.
+const STACK_BYTES: usize = 128 * 1024;
+/// Accepted sockets inherit this from the listener: a write to a client
+/// that stopped reading fails after it, so no thread waits on one forever.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Refused connections waiting for the refusal thread; more are just closed.
+const REFUSAL_QUEUE: usize = 1024;
+/// How long the refusal thread waits on one client's head and close.
+const REFUSAL_WAIT: Duration = Duration::from_millis(200);
+
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+Retry-After: 1\r\nConnection: close\r\nContent-Length: 32\r\n\r\n{\"error\":\"too many connections\"}";
+
+/// Binds the listening socket with the options every connection inherits.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    // Events are small and must not wait behind Nagle for a delayed ACK.
+    socket.set_nodelay(true)?;
+    socket.set_write_timeout(Some(SEND_TIMEOUT))?;
+    socket.set_keepalive(true)?;
+    socket.bind(&addr.into())?;
+    // A reconnect storm arrives all at once; the kernel caps this at
+    // net.core.somaxconn.
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// Decrements the open-connection count when a connection thread ends.
+struct Counted(Arc<App>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.hub.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Accepts until the listener is shut down (`stop`), giving every
+/// connection its own thread, or a 503 when `max_connections` are open.
+pub fn run(listener: TcpListener, app: Arc<App>, max_connections: usize) {
+    let (refuse_tx, refuse_rx) = crossbeam_channel::bounded(REFUSAL_QUEUE);
+    let refuser = thread::Builder::new()
+        .name("refuse".into())
+        .spawn(move || refuse_loop(refuse_rx));
+    if refuser.is_err() {
+        log::warn!("could not start the refusal thread: excess connections will be closed");
+    }
+    // A descriptor held in reserve: when accept fails for lack of
+    // descriptors, freeing it lets us accept and answer instead of spinning.
+    let mut spare = File::open("/dev/null").ok();
+    let open: &AtomicU64 = &app.hub.metrics.connections;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if open.load(Ordering::Relaxed) as usize >= max_connections {
+                    refuse(&refuse_tx, stream);
+                    continue;
+                }
+                open.fetch_add(1, Ordering::Relaxed);
+                let counted = Counted(app.clone());
+                let spawned = thread::Builder::new()
+                    .name("conn".into())
+                    .stack_size(STACK_BYTES)
+                    .spawn(move || {
+                        http::serve_connection(stream, &counted.0);
+                        drop(counted);
+                    });
+                if let Err(e) = spawned {
+                    log::warn!("could not start a connection thread: {e}");
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                drop(spare.take());
+                if let Ok((mut stream, _)) = listener.accept() {
+                    let _ = stream.set_nonblocking(true);
+                    let _ = stream.write_all(REFUSAL);
+                }
+                log::warn!("out of file descriptors: refused a connection");
+                spare = File::open("/dev/null").ok();
+                if spare.is_none() {
+                    thread::sleep(Duration::from_millis(10));
+                }
+            }
+            Err(e) => {
+                // ECONNABORTED and friends concern one connection only.
+                log::debug!("accept: {e}");
+            }
+        }
+    }
+}
+
+/// Wakes the accept loop out of `accept` for good.
+pub fn stop(listener: &TcpListener) {
+    let _ = socket2::SockRef::from(listener).shutdown(Shutdown::Both);
+}
+
+fn refuse(queue: &Sender<TcpStream>, stream: TcpStream) {
+    // When the queue is full the stream is dropped: closed unanswered.
+    let _ = queue.try_send(stream);
+}
+
+/// Answers refused connections one by one with a 503: reads what the client
+/// sent (so the close is a FIN, not a reset that could destroy the answer),
+/// writes the refusal, and waits briefly for the client to close.
+fn refuse_loop(queue: Receiver<TcpStream>) {
+    let mut scratch = [0u8; 4096];
+    for mut stream in queue {
+        let deadline = Instant::now() + REFUSAL_WAIT;
+        let _ = stream.set_read_timeout(Some(REFUSAL_WAIT / 4));
+        let mut seen = 0usize;
+        while Instant::now() < deadline && seen < 16 * 1024 {
+            match stream.read(&mut scratch) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    seen += n;
+                    if scratch[..n].windows(2).any(|w| w == b"\n\n")
+                        || scratch[..n].windows(4).any(|w| w == b"\r\n\r\n")
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = stream.write_all(REFUSAL);
+        let _ = stream.shutdown(Shutdown::Write);
+        while Instant::now() < deadline {
+            match stream.read(&mut scratch) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        log::info!("refused a connection: too many connections (503)");
+    }
+}

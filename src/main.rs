@@ -1,0 +1,113 @@
+//! ssehub: a Server-Sent Events hub. `main` reads the config, starts the
+//! logger, binds, runs the accept loop and waits for a signal to shut down;
+//! it holds no protocol logic. Exit 2 for a refused configuration, 1 when the
+//! address cannot be bound.
+
+mod config;
+mod event;
+mod history;
+mod http;
+mod hub;
+mod limits;
+mod listener;
+mod metrics;
+mod request;
+mod sse;
+mod stream;
+
+use std::process::exit;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use config::{Config, ConfigError};
+use history::History;
+use http::App;
+use hub::{Hub, HubLimits};
+
+/// Streams get this long to write their end before the process exits
+/// (SPEC: exit within 2 seconds).
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+
+fn main() {
+    let config = match Config::parse(std::env::args_os()) {
+        Ok(config) => config,
+        Err(ConfigError::Args(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("ssehub: error: {e}");
+            exit(2);
+        }
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+
+    let capacity = limits::measure();
+    let mut max_subscribers = config.max_subscribers;
+    if capacity.streams < max_subscribers {
+        log::warn!(
+            "--max-subscribers {} does not fit this machine's {} (open files {}): holding at most {} streams",
+            max_subscribers,
+            capacity.binding,
+            capacity.open_files,
+            capacity.streams
+        );
+        max_subscribers = capacity.streams.max(1);
+    }
+
+    let listener = match listener::bind(config.bind) {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("ssehub: error: --bind: cannot listen on {}: {e}", config.bind);
+            exit(1);
+        }
+    };
+    let addr = listener.local_addr().expect("a bound socket has an address");
+    let stopper = listener.try_clone().expect("duplicate the listening socket");
+
+    let log = Box::new(History::new(config.history, config.history_bytes));
+    let hub = Hub::new(
+        log,
+        HubLimits {
+            max_subscribers,
+            client_queue: config.client_queue,
+        },
+    );
+    let app = Arc::new(App { hub, config });
+
+    let (signal_tx, signal_rx) = crossbeam_channel::bounded::<()>(1);
+    let signalled = AtomicBool::new(false);
+    ctrlc::set_handler(move || {
+        if signalled.swap(true, Ordering::SeqCst) {
+            // A second signal: leave now.
+            exit(130);
+        }
+        let _ = signal_tx.try_send(());
+    })
+    .expect("install the SIGINT/SIGTERM handler");
+
+    let accept = {
+        let app = app.clone();
+        let max_connections = capacity.connections;
+        thread::Builder::new()
+            .name("accept".into())
+            .spawn(move || listener::run(listener, app, max_connections))
+            .expect("start the accept thread")
+    };
+    log::info!(
+        "listening on http://{addr} (max {max_subscribers} subscribers, {} connections)",
+        capacity.connections
+    );
+
+    let _ = signal_rx.recv();
+    let started = Instant::now();
+    log::info!("shutting down");
+    listener::stop(&stopper);
+    let _ = accept.join();
+    app.hub.close();
+    let left = app.hub.wait_streams_ended(SHUTDOWN_GRACE);
+    log::info!(
+        "stopped in {} ms ({left} streams still ending)",
+        started.elapsed().as_millis()
+    );
+    exit(0);
+}

@@ -1,0 +1,112 @@
+//! Counters the hub owns (atomics, no statics) and their Prometheus text.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub published: AtomicU64,
+    pub delivered: AtomicU64,
+    pub evicted: AtomicU64,
+    pub refused: AtomicU64,
+    pub connections: AtomicU64,
+}
+
+/// Values read under the hub lock, so they are consistent with each other.
+pub struct Gauges {
+    pub subscribers: usize,
+    pub history_events: usize,
+    pub max_subscribers: usize,
+}
+
+impl Metrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self, g: &Gauges) -> String {
+        let mut out = String::with_capacity(1024);
+        let mut put = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            );
+        };
+        put(
+            "ssehub_subscribers",
+            "gauge",
+            "Open event streams.",
+            g.subscribers as u64,
+        );
+        put(
+            "ssehub_max_subscribers",
+            "gauge",
+            "Open event streams allowed (after clamping to the machine's limits).",
+            g.max_subscribers as u64,
+        );
+        put(
+            "ssehub_events_published_total",
+            "counter",
+            "Events accepted from publishers.",
+            self.published.load(Relaxed),
+        );
+        put(
+            "ssehub_events_delivered_total",
+            "counter",
+            "Events written to subscriber sockets, replay included.",
+            self.delivered.load(Relaxed),
+        );
+        put(
+            "ssehub_subscribers_evicted_total",
+            "counter",
+            "Subscribers disconnected for falling more than --client-queue events behind.",
+            self.evicted.load(Relaxed),
+        );
+        put(
+            "ssehub_history_events",
+            "gauge",
+            "Events retained for replay.",
+            g.history_events as u64,
+        );
+        put(
+            "ssehub_connections",
+            "gauge",
+            "Open TCP connections, streams included.",
+            self.connections.load(Relaxed),
+        );
+        put(
+            "ssehub_requests_refused_total",
+            "counter",
+            "Requests answered with a 4xx or 5xx status.",
+            self.refused.load(Relaxed),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        Metrics::add(&m.published, 3);
+        Metrics::add(&m.delivered, 7);
+        let text = m.render(&Gauges {
+            subscribers: 2,
+            history_events: 3,
+            max_subscribers: 10,
+        });
+        for line in [
+            "# TYPE ssehub_subscribers gauge\nssehub_subscribers 2\n",
+            "# TYPE ssehub_events_published_total counter\nssehub_events_published_total 3\n",
+            "ssehub_events_delivered_total 7\n",
+            "ssehub_subscribers_evicted_total 0\n",
+            "ssehub_history_events 3\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+}
