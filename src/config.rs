@@ -18,7 +18,12 @@ use clap::Parser;
 )]
 struct Args {
     /// Listen address; port 0 picks a free port
-    #[arg(long, env = "SSEHUB_BIND", value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "SSEHUB_BIND",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
     bind: SocketAddr,
 
     /// Idle seconds after which a subscriber gets a `:` comment line
@@ -32,7 +37,12 @@ struct Args {
     retry_ms: u64,
 
     /// Events kept for replay (all topics together); 0 disables replay
-    #[arg(long, env = "SSEHUB_HISTORY", value_name = "N", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "SSEHUB_HISTORY",
+        value_name = "N",
+        default_value_t = 10_000
+    )]
     history: usize,
 
     /// Bytes of encoded events kept for replay; the oldest go first
@@ -55,11 +65,21 @@ struct Args {
     max_event_bytes: u64,
 
     /// When set, publishing needs `Authorization: Bearer TOKEN`
-    #[arg(long, env = "SSEHUB_PUBLISH_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "SSEHUB_PUBLISH_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     publish_token: Option<String>,
 
     /// When set, subscribing needs `Authorization: Bearer TOKEN` or `?token=TOKEN`
-    #[arg(long, env = "SSEHUB_SUBSCRIBE_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "SSEHUB_SUBSCRIBE_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     subscribe_token: Option<String>,
 
     /// Access-Control-Allow-Origin for /events (`*` allowed); enables preflight OPTIONS
@@ -89,6 +109,7 @@ pub struct Config {
     pub publish_token: Option<String>,
     pub subscribe_token: Option<String>,
     pub cors_origin: Option<String>,
+    #[allow(dead_code)] // TODO(#7): read by the Redis event log
     pub redis: Option<String>,
 }
 
@@ -222,7 +243,15 @@ mod tests {
 
     #[test]
     fn values_are_typed() {
-        let c = parse(&["--heartbeat", "2", "--history", "0", "--bind", "127.0.0.1:0"]).unwrap();
+        let c = parse(&[
+            "--heartbeat",
+            "2",
+            "--history",
+            "0",
+            "--bind",
+            "127.0.0.1:0",
+        ])
+        .unwrap();
         assert_eq!(c.heartbeat, Duration::from_secs(2));
         assert_eq!(c.history, 0);
         assert_eq!(c.bind.port(), 0);

@@ -104,7 +104,9 @@ pub fn check_name(what: &'static str, s: &str) -> Result<(), String> {
 pub fn check_event_name(s: &str) -> Result<(), String> {
     check_name("event", s)?;
     if s.starts_with(RESERVED_PREFIX) {
-        return Err(format!("event names starting with {RESERVED_PREFIX:?} are reserved"));
+        return Err(format!(
+            "event names starting with {RESERVED_PREFIX:?} are reserved"
+        ));
     }
     Ok(())
 }

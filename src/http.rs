@@ -124,7 +124,10 @@ fn send(conn: &mut Conn, head: Option<&Head>, reply: Reply) -> io::Result<()> {
     let mut response = Response::from_data(reply.body)
         .with_status_code(StatusCode(reply.status))
         .with_header(header("Content-Type", reply.content_type))
-        .with_header(header("Server", concat!("ssehub/", env!("CARGO_PKG_VERSION"))));
+        .with_header(header(
+            "Server",
+            concat!("ssehub/", env!("CARGO_PKG_VERSION")),
+        ));
     for (name, value) in &reply.headers {
         response.add_header(header(name, value));
     }
@@ -207,11 +210,7 @@ fn route(mut conn: Conn, head: Head, app: &App) -> Option<Conn> {
         }
     };
     let close = reply.close || head.wants_close();
-    let reply = if events {
-        with_cors(reply, app)
-    } else {
-        reply
-    };
+    let reply = if events { with_cors(reply, app) } else { reply };
     let sent = send(&mut conn, Some(&head), reply).is_ok();
     (sent && !close).then_some(conn)
 }
@@ -297,7 +296,10 @@ fn bodyless(conn: &mut Conn, head: &Head) -> Result<(), Refusal> {
 /// `/path?query` → (`/path`, `query`); an absolute-form target keeps only
 /// its path.
 fn split_target(target: &str) -> (&str, &str) {
-    let target = match target.strip_prefix("http://").or(target.strip_prefix("https://")) {
+    let target = match target
+        .strip_prefix("http://")
+        .or(target.strip_prefix("https://"))
+    {
         Some(rest) => rest.find('/').map_or("/", |i| &rest[i..]),
         None => target,
     };
@@ -373,7 +375,10 @@ fn publish(conn: &mut Conn, head: &Head, query: &str, app: &App) -> Result<Reply
     };
     if let Some(token) = &cfg.publish_token {
         if !bearer_matches(head, token) {
-            return Err(body_unread(Refusal::new(401, "missing or wrong publish token")));
+            return Err(body_unread(Refusal::new(
+                401,
+                "missing or wrong publish token",
+            )));
         }
     }
     let mut topic = None;
@@ -385,7 +390,10 @@ fn publish(conn: &mut Conn, head: &Head, query: &str, app: &App) -> Result<Reply
             _ => continue,
         };
         if slot.replace(v).is_some() {
-            return Err(body_unread(Refusal::new(400, format!("{k} given more than once"))));
+            return Err(body_unread(Refusal::new(
+                400,
+                format!("{k} given more than once"),
+            )));
         }
     }
     let topic = topic.unwrap_or_else(|| "default".into());

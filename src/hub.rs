@@ -339,7 +339,10 @@ mod tests {
             hub.subscribe(TopicFilter::All, None).err(),
             Some(SubscribeError::Closed)
         );
-        assert_eq!(hub.publish("t", None, "x").err(), Some(PublishError::Closed));
+        assert_eq!(
+            hub.publish("t", None, "x").err(),
+            Some(PublishError::Closed)
+        );
         assert_eq!(hub.wait_streams_ended(Duration::from_millis(1)), 1);
         drop(sub);
         assert_eq!(hub.wait_streams_ended(Duration::from_millis(1)), 0);

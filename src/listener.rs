@@ -50,20 +50,37 @@ struct Counted(Arc<App>);
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.hub.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+        self.0
+            .hub
+            .metrics
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// Accepts until the listener is shut down (`stop`), giving every
-/// connection its own thread, or a 503 when `max_connections` are open.
-pub fn run(listener: TcpListener, app: Arc<App>, max_connections: usize) {
+/// Starts the refusal thread and the accept thread, which accepts until the
+/// listener is shut down (`stop`), giving every connection its own thread,
+/// or a 503 when `max_connections` are open.
+pub fn start(
+    listener: TcpListener,
+    app: Arc<App>,
+    max_connections: usize,
+) -> io::Result<thread::JoinHandle<()>> {
     let (refuse_tx, refuse_rx) = crossbeam_channel::bounded(REFUSAL_QUEUE);
-    let refuser = thread::Builder::new()
+    thread::Builder::new()
         .name("refuse".into())
-        .spawn(move || refuse_loop(refuse_rx));
-    if refuser.is_err() {
-        log::warn!("could not start the refusal thread: excess connections will be closed");
-    }
+        .spawn(move || refuse_loop(refuse_rx))?;
+    thread::Builder::new()
+        .name("accept".into())
+        .spawn(move || accept_loop(listener, app, max_connections, refuse_tx))
+}
+
+fn accept_loop(
+    listener: TcpListener,
+    app: Arc<App>,
+    max_connections: usize,
+    refuse_tx: Sender<TcpStream>,
+) {
     // A descriptor held in reserve: when accept fails for lack of
     // descriptors, freeing it lets us accept and answer instead of spinning.
     let mut spare = File::open("/dev/null").ok();

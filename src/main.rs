@@ -18,7 +18,6 @@ mod stream;
 use std::process::exit;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use config::{Config, ConfigError};
@@ -57,12 +56,19 @@ fn main() {
     let listener = match listener::bind(config.bind) {
         Ok(listener) => listener,
         Err(e) => {
-            eprintln!("ssehub: error: --bind: cannot listen on {}: {e}", config.bind);
+            eprintln!(
+                "ssehub: error: --bind: cannot listen on {}: {e}",
+                config.bind
+            );
             exit(1);
         }
     };
-    let addr = listener.local_addr().expect("a bound socket has an address");
-    let stopper = listener.try_clone().expect("duplicate the listening socket");
+    let addr = listener
+        .local_addr()
+        .expect("a bound socket has an address");
+    let stopper = listener
+        .try_clone()
+        .expect("duplicate the listening socket");
 
     let log = Box::new(History::new(config.history, config.history_bytes));
     let hub = Hub::new(
@@ -85,14 +91,8 @@ fn main() {
     })
     .expect("install the SIGINT/SIGTERM handler");
 
-    let accept = {
-        let app = app.clone();
-        let max_connections = capacity.connections;
-        thread::Builder::new()
-            .name("accept".into())
-            .spawn(move || listener::run(listener, app, max_connections))
-            .expect("start the accept thread")
-    };
+    let accept = listener::start(listener, app.clone(), capacity.connections)
+        .expect("start the accept thread");
     log::info!(
         "listening on http://{addr} (max {max_subscribers} subscribers, {} connections)",
         capacity.connections

@@ -78,7 +78,9 @@ impl Head {
                 ));
             }
             if self.http10 {
-                return Err(RequestError::Bad("Transfer-Encoding in an HTTP/1.0 request"));
+                return Err(RequestError::Bad(
+                    "Transfer-Encoding in an HTTP/1.0 request",
+                ));
             }
             if te.last().map(String::as_str) != Some("chunked") {
                 return Err(RequestError::Bad("Transfer-Encoding must end with chunked"));
@@ -468,7 +470,8 @@ mod tests {
 
     #[test]
     fn parses_a_request() {
-        let h = head("POST /events?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n").unwrap();
+        let h =
+            head("POST /events?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n").unwrap();
         assert_eq!(h.method, Method::Post);
         assert_eq!(h.target, "/events?topic=a");
         assert!(!h.http10);
@@ -484,21 +487,58 @@ mod tests {
 
     #[test]
     fn framing_is_strict() {
-        let f = |fields: &str| head(&format!("POST / HTTP/1.1\r\nHost: x\r\n{fields}\r\n")).unwrap().framing();
-        assert_eq!(f("Content-Length: 5\r\nContent-Length: 5\r\n"), Ok(Framing::Length(5)));
+        let f = |fields: &str| {
+            head(&format!("POST / HTTP/1.1\r\nHost: x\r\n{fields}\r\n"))
+                .unwrap()
+                .framing()
+        };
+        assert_eq!(
+            f("Content-Length: 5\r\nContent-Length: 5\r\n"),
+            Ok(Framing::Length(5))
+        );
         assert_eq!(f("Content-Length: 5, 5\r\n"), Ok(Framing::Length(5)));
-        assert!(matches!(f("Content-Length: 5\r\nContent-Length: 6\r\n"), Err(RequestError::Bad(_))));
-        assert!(matches!(f("Content-Length: -1\r\n"), Err(RequestError::Bad(_))));
-        assert!(matches!(f("Content-Length: 0x10\r\n"), Err(RequestError::Bad(_))));
-        assert!(matches!(f("Content-Length: +5\r\n"), Err(RequestError::Bad(_))));
-        assert!(matches!(f("Content-Length: \r\n"), Err(RequestError::Bad(_))));
-        assert_eq!(f("Content-Length: 18446744073709551616\r\n"), Ok(Framing::Length(u64::MAX)));
+        assert!(matches!(
+            f("Content-Length: 5\r\nContent-Length: 6\r\n"),
+            Err(RequestError::Bad(_))
+        ));
+        assert!(matches!(
+            f("Content-Length: -1\r\n"),
+            Err(RequestError::Bad(_))
+        ));
+        assert!(matches!(
+            f("Content-Length: 0x10\r\n"),
+            Err(RequestError::Bad(_))
+        ));
+        assert!(matches!(
+            f("Content-Length: +5\r\n"),
+            Err(RequestError::Bad(_))
+        ));
+        assert!(matches!(
+            f("Content-Length: \r\n"),
+            Err(RequestError::Bad(_))
+        ));
+        assert_eq!(
+            f("Content-Length: 18446744073709551616\r\n"),
+            Ok(Framing::Length(u64::MAX))
+        );
         assert_eq!(f("Transfer-Encoding: chunked\r\n"), Ok(Framing::Chunked));
         assert_eq!(f("Transfer-Encoding: Chunked\r\n"), Ok(Framing::Chunked));
-        assert!(matches!(f("Transfer-Encoding: chunked\r\nContent-Length: 3\r\n"), Err(RequestError::Bad(_))));
-        assert!(matches!(f("Transfer-Encoding: chunked, gzip\r\n"), Err(RequestError::Bad(_))));
-        assert!(matches!(f("Transfer-Encoding: identity\r\n"), Err(RequestError::Bad(_))));
-        assert!(matches!(f("Transfer-Encoding: gzip, chunked\r\n"), Err(RequestError::NotImplemented(_))));
+        assert!(matches!(
+            f("Transfer-Encoding: chunked\r\nContent-Length: 3\r\n"),
+            Err(RequestError::Bad(_))
+        ));
+        assert!(matches!(
+            f("Transfer-Encoding: chunked, gzip\r\n"),
+            Err(RequestError::Bad(_))
+        ));
+        assert!(matches!(
+            f("Transfer-Encoding: identity\r\n"),
+            Err(RequestError::Bad(_))
+        ));
+        assert!(matches!(
+            f("Transfer-Encoding: gzip, chunked\r\n"),
+            Err(RequestError::NotImplemented(_))
+        ));
         assert_eq!(f(""), Ok(Framing::None));
     }
 
@@ -517,9 +557,15 @@ mod tests {
             "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
             "GET / FTP/1.1\r\nHost: x\r\n\r\n",
         ] {
-            assert!(matches!(head(raw), Err(RequestError::Bad(_))), "{raw:?} accepted");
+            assert!(
+                matches!(head(raw), Err(RequestError::Bad(_))),
+                "{raw:?} accepted"
+            );
         }
-        assert_eq!(head("GET / HTTP/2.0\r\n\r\n").err(), Some(RequestError::Version));
+        assert_eq!(
+            head("GET / HTTP/2.0\r\n\r\n").err(),
+            Some(RequestError::Version)
+        );
     }
 
     #[test]
@@ -531,10 +577,18 @@ mod tests {
 
     #[test]
     fn connection_close() {
-        assert!(head("GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, close\r\n\r\n").unwrap().wants_close());
-        assert!(!head("GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap().wants_close());
+        assert!(
+            head("GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, close\r\n\r\n")
+                .unwrap()
+                .wants_close()
+        );
+        assert!(!head("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap()
+            .wants_close());
         assert!(head("GET / HTTP/1.0\r\n\r\n").unwrap().wants_close());
-        assert!(!head("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap().wants_close());
+        assert!(!head("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+            .unwrap()
+            .wants_close());
     }
 
     #[test]

@@ -113,10 +113,7 @@ mod tests {
     #[test]
     fn frame_prefixes_the_id() {
         let id = EventId { ms: 17, seq: 2 };
-        assert_eq!(
-            text(&frame(id, &body(None, "x"))),
-            "id: 17-2\ndata: x\n\n"
-        );
+        assert_eq!(text(&frame(id, &body(None, "x"))), "id: 17-2\ndata: x\n\n");
     }
 
     #[test]

@@ -1,0 +1,1 @@
+//! Limits (issue 4).

@@ -1,0 +1,12 @@
+//! Integration tests: the real `ssehub` binary, driven over raw TCP.
+
+mod harness;
+
+mod hostile;
+mod limits;
+mod publish;
+mod replay;
+mod routes;
+mod shutdown;
+mod startup;
+mod subscribe;

@@ -1,0 +1,1 @@
+//! Replay (issue 4).

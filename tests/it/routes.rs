@@ -1,0 +1,102 @@
+//! `/`, `/healthz`, `/metrics`, 404 and 405.
+
+use crate::harness::Hub;
+
+#[test]
+fn healthz_is_ok() {
+    let hub = Hub::start(&[]);
+    let r = hub.get("/healthz");
+    assert_eq!((r.status, r.text().as_str()), (200, "ok\n"));
+}
+
+#[test]
+fn page_is_served_with_a_csp() {
+    let hub = Hub::start(&[]);
+    let r = hub.get("/");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    assert!(r
+        .header("content-security-policy")
+        .unwrap()
+        .contains("default-src 'none'"));
+    assert!(r.text().contains("EventSource"));
+}
+
+#[test]
+fn unknown_paths_are_404() {
+    let hub = Hub::start(&[]);
+    for path in ["/nope", "/events/", "/Events", "/%65vents", "*"] {
+        assert_eq!(hub.get(path).status, 404, "{path}");
+    }
+}
+
+#[test]
+fn other_methods_are_405_with_allow() {
+    let hub = Hub::start(&[]);
+    let r = hub.raw(b"DELETE /events HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET, POST")));
+    let r = hub.raw(b"PUT /events HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx");
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET, POST")));
+    let r = hub.raw(b"OPTIONS /events HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET, POST")));
+    let r = hub.raw(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")));
+}
+
+#[test]
+fn keep_alive_serves_several_requests_on_one_connection() {
+    use std::io::Write;
+    let hub = Hub::start(&[]);
+    let mut s = hub.connect();
+    // Pipelined: two publishes and a health check in one write.
+    s.write_all(
+        b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\na\
+          POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nb\
+          GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    for status in [200, 200, 200] {
+        assert_eq!(
+            crate::harness::read_response(&mut s).unwrap().status,
+            status
+        );
+    }
+    assert_eq!(hub.metric("ssehub_events_published_total"), 2);
+}
+
+#[test]
+fn metrics_count_what_happened() {
+    let hub = Hub::start(&["--client-queue", "1", "--history", "3"]);
+    let text = hub.get("/metrics");
+    assert_eq!(
+        text.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    for name in [
+        "ssehub_subscribers",
+        "ssehub_events_published_total",
+        "ssehub_events_delivered_total",
+        "ssehub_subscribers_evicted_total",
+        "ssehub_history_events",
+    ] {
+        assert_eq!(hub.metric(name), 0, "{name}");
+        assert!(text.text().contains(&format!("# TYPE {name} ")), "{name}");
+    }
+    let mut a = hub.subscribe("/events", "");
+    let mut b = hub.subscribe("/events?topic=t", "");
+    a.next_block();
+    b.next_block();
+    assert_eq!(hub.metric("ssehub_subscribers"), 2);
+    for i in 0..5 {
+        hub.publish("t", &i.to_string());
+        a.next_event();
+        b.next_event();
+    }
+    assert_eq!(hub.metric("ssehub_events_published_total"), 5);
+    assert!(crate::harness::poll(
+        std::time::Duration::from_secs(2),
+        || { hub.metric("ssehub_events_delivered_total") == 10 }
+    ));
+    assert_eq!(hub.metric("ssehub_history_events"), 3);
+    assert_eq!(hub.metric("ssehub_subscribers_evicted_total"), 0);
+}
