@@ -11,6 +11,7 @@ use tiny_http::{HTTPVersion, Header, Method, Response, StatusCode};
 
 use crate::config::Config;
 use crate::event::{self, EventId, TopicFilter};
+use crate::hangup::Hangups;
 use crate::hub::{Hub, PublishError, SubscribeError};
 use crate::request::{Conn, Framing, Head, RequestError};
 use crate::stream::{self, StreamParams};
@@ -30,6 +31,7 @@ const PAGE_CSP: &str = "default-src 'none'; script-src 'self' 'unsafe-inline'; \
 pub struct App {
     pub hub: Hub,
     pub config: Config,
+    pub hangups: Hangups,
 }
 
 /// A plain (non-stream) response.
@@ -485,6 +487,7 @@ fn subscribe(mut conn: Conn, head: &Head, query: &str, app: &App) -> Option<Conn
                     heartbeat: app.config.heartbeat,
                     cors_origin: app.config.cors_origin.as_deref(),
                     last_event_id: last,
+                    hangups: &app.hangups,
                 };
                 stream::serve(conn.into_stream(), sub, &params);
                 log::debug!("stream closed");

@@ -3,7 +3,7 @@
 //! non-blocking send per subscriber; never writes to a socket, never sees
 //! HTTP types, never blocks while holding the lock.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -43,7 +43,29 @@ struct Subscriber {
     key: u64,
     topics: TopicFilter,
     tx: Sender<SharedFrame>,
-    ended: Arc<AtomicBool>,
+    state: Arc<AtomicU8>,
+}
+
+const LIVE: u8 = 0;
+const RELEASED: u8 = 1;
+const GONE: u8 = 2;
+
+impl Subscriber {
+    /// Marks why the hub let go; dropping the subscriber then drops its
+    /// sender, which wakes the stream thread.
+    fn end(&self, why: u8) {
+        self.state.store(why, Ordering::Release);
+    }
+}
+
+/// Why the hub let go of a subscriber.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Ending {
+    /// Evicted for being too slow, or the hub is shutting down: the stream
+    /// should end properly.
+    Released,
+    /// The client closed or reset the connection: nothing more to write.
+    Gone,
 }
 
 /// What `publish` reports.
@@ -76,15 +98,23 @@ pub struct Subscription<'a> {
     key: u64,
     pub rx: Receiver<SharedFrame>,
     pub replay: Replay,
-    ended: Arc<AtomicBool>,
+    state: Arc<AtomicU8>,
 }
 
 impl Subscription<'_> {
-    /// True once the hub has let go of this subscriber (evicted for being
-    /// too slow, or shutting down): its stream should end now, without
-    /// writing what is still queued.
-    pub fn ended(&self) -> bool {
-        self.ended.load(Ordering::Acquire)
+    /// Set once the hub has let go of this subscriber: its stream should end
+    /// now, without writing what is still queued.
+    pub fn ended(&self) -> Option<Ending> {
+        match self.state.load(Ordering::Acquire) {
+            LIVE => None,
+            RELEASED => Some(Ending::Released),
+            _ => Some(Ending::Gone),
+        }
+    }
+
+    /// Identifies this subscriber to `Hub::hang_up`.
+    pub fn key(&self) -> u64 {
+        self.key
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -171,7 +201,7 @@ impl Hub {
                 return true;
             }
             if s.tx.len() >= queue {
-                s.ended.store(true, Ordering::Release);
+                s.end(RELEASED);
                 evicted += 1;
                 return false;
             }
@@ -205,7 +235,7 @@ impl Hub {
             .map(|last| inner.log.replay(last, &topics))
             .unwrap_or_default();
         let (tx, rx) = crossbeam_channel::unbounded();
-        let ended = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(AtomicU8::new(LIVE));
         let key = inner.next_key;
         inner.next_key += 1;
         inner.streams += 1;
@@ -213,14 +243,14 @@ impl Hub {
             key,
             topics,
             tx,
-            ended: ended.clone(),
+            state: state.clone(),
         });
         Ok(Subscription {
             hub: self,
             key,
             rx,
             replay,
-            ended,
+            state,
         })
     }
 
@@ -230,7 +260,16 @@ impl Hub {
         let mut inner = self.lock();
         inner.closed = true;
         for s in inner.subscribers.drain(..) {
-            s.ended.store(true, Ordering::Release);
+            s.end(RELEASED);
+        }
+    }
+
+    /// The client of subscriber `key` went away: let go of it now rather
+    /// than at its next heartbeat.
+    pub fn hang_up(&self, key: u64) {
+        let mut inner = self.lock();
+        if let Some(i) = inner.subscribers.iter().position(|s| s.key == key) {
+            inner.subscribers.swap_remove(i).end(GONE);
         }
     }
 
@@ -311,9 +350,9 @@ mod tests {
         for _ in 0..2 {
             assert_eq!(hub.publish("t", None, "x").unwrap().receivers, 1);
         }
-        assert!(!slow.ended());
+        assert_eq!(slow.ended(), None);
         assert_eq!(hub.publish("t", None, "x").unwrap().receivers, 0);
-        assert!(slow.ended());
+        assert_eq!(slow.ended(), Some(Ending::Released));
         assert_eq!(hub.metrics.evicted.load(Ordering::Relaxed), 1);
     }
 
@@ -330,11 +369,30 @@ mod tests {
     }
 
     #[test]
+    fn hang_up_releases_the_subscriber_at_once() {
+        let hub = hub(10, 10);
+        let sub = hub.subscribe(TopicFilter::All, None).unwrap();
+        hub.hang_up(sub.key());
+        assert_eq!(sub.ended(), Some(Ending::Gone));
+        assert!(sub.rx.recv().is_err(), "sender not dropped");
+        assert_eq!(hub.publish("t", None, "x").unwrap().receivers, 0);
+    }
+
+    #[test]
+    fn one_encoding_is_shared_by_every_subscriber() {
+        let hub = hub(10, 10);
+        let a = hub.subscribe(TopicFilter::All, None).unwrap();
+        let b = hub.subscribe(TopicFilter::All, None).unwrap();
+        hub.publish("t", None, "x").unwrap();
+        assert!(Arc::ptr_eq(&a.rx.recv().unwrap(), &b.rx.recv().unwrap()));
+    }
+
+    #[test]
     fn close_ends_every_stream_and_refuses_more() {
         let hub = hub(10, 10);
         let sub = hub.subscribe(TopicFilter::All, None).unwrap();
         hub.close();
-        assert!(sub.ended());
+        assert_eq!(sub.ended(), Some(Ending::Released));
         assert_eq!(
             hub.subscribe(TopicFilter::All, None).err(),
             Some(SubscribeError::Closed)

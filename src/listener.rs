@@ -22,6 +22,10 @@ const STACK_BYTES: usize = 128 * 1024;
 /// Accepted sockets inherit this from the listener: a write to a client
 /// that stopped reading fails after it, so no thread waits on one forever.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Kernel send buffer of every connection. Autotuning would let a
+/// subscriber that stops reading pin up to `tcp_wmem`'s maximum (4 MiB
+/// here) of kernel memory; this bounds it while leaving room for bursts.
+const SEND_BUFFER: usize = 256 * 1024;
 /// Refused connections waiting for the refusal thread; more are just closed.
 const REFUSAL_QUEUE: usize = 1024;
 /// How long the refusal thread waits on one client's head and close.
@@ -38,6 +42,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_nodelay(true)?;
     socket.set_write_timeout(Some(SEND_TIMEOUT))?;
     socket.set_keepalive(true)?;
+    socket.set_send_buffer_size(SEND_BUFFER)?;
     socket.bind(&addr.into())?;
     // A reconnect storm arrives all at once; the kernel caps this at
     // net.core.somaxconn.

@@ -5,6 +5,7 @@
 
 mod config;
 mod event;
+mod hangup;
 mod history;
 mod http;
 mod hub;
@@ -78,7 +79,25 @@ fn main() {
             client_queue: config.client_queue,
         },
     );
-    let app = Arc::new(App { hub, config });
+    let hangups = match hangup::Hangups::new() {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("ssehub: error: cannot create an epoll set: {e}");
+            exit(1);
+        }
+    };
+    let app = Arc::new(App {
+        hub,
+        config,
+        hangups,
+    });
+    {
+        let app = app.clone();
+        std::thread::Builder::new()
+            .name("hangup".into())
+            .spawn(move || app.hangups.run(|key| app.hub.hang_up(key)))
+            .expect("start the hang-up thread");
+    }
 
     let (signal_tx, signal_rx) = crossbeam_channel::bounded::<()>(1);
     let signalled = AtomicBool::new(false);

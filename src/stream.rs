@@ -11,7 +11,8 @@ use std::time::Duration;
 use crossbeam_channel::RecvTimeoutError;
 
 use crate::event::{EventId, SharedFrame};
-use crate::hub::Subscription;
+use crate::hangup::Hangups;
+use crate::hub::{Ending, Subscription};
 use crate::metrics::Metrics;
 use crate::sse;
 
@@ -29,11 +30,12 @@ pub struct StreamParams<'a> {
     pub heartbeat: Duration,
     pub cors_origin: Option<&'a str>,
     pub last_event_id: Option<EventId>,
+    pub hangups: &'a Hangups,
 }
 
 /// The response head of an event stream.
-fn head(p: &StreamParams) -> String {
-    let mut h = String::from(if p.http10 {
+fn head(http10: bool, cors_origin: Option<&str>) -> String {
+    let mut h = String::from(if http10 {
         "HTTP/1.0 200 OK\r\nConnection: close\r\n"
     } else {
         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
@@ -41,7 +43,7 @@ fn head(p: &StreamParams) -> String {
     h.push_str(
         "Content-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n",
     );
-    if let Some(origin) = p.cors_origin {
+    if let Some(origin) = cors_origin {
         h.push_str("Access-Control-Allow-Origin: ");
         h.push_str(origin);
         h.push_str("\r\n");
@@ -160,6 +162,7 @@ fn lower_priority() {
 /// the subscription is dropped (shutdown waits for that drop).
 pub fn serve(stream: TcpStream, sub: Subscription<'_>, p: &StreamParams) {
     lower_priority();
+    p.hangups.watch(&stream, sub.key());
     let mut w = Writer::new(stream, !p.http10);
     match run(&mut w, &sub, p) {
         Ok(()) => w.finish(),
@@ -168,12 +171,23 @@ pub fn serve(stream: TcpStream, sub: Subscription<'_>, p: &StreamParams) {
     drop(sub);
 }
 
+/// Where the stream stands after a wake-up: go on, end it properly (Ok), or
+/// give up on a client that is gone (Err).
+fn check(sub: &Subscription<'_>) -> io::Result<Option<()>> {
+    match sub.ended() {
+        None => Ok(None),
+        Some(Ending::Released) => Ok(Some(())),
+        Some(Ending::Gone) => Err(io::ErrorKind::ConnectionAborted.into()),
+    }
+}
+
 /// Ok when the hub ended the stream, Err when the client went away.
 fn run(w: &mut Writer, sub: &Subscription<'_>, p: &StreamParams) -> io::Result<()> {
     let metrics = sub.metrics();
     let delivered = |n: u64| Metrics::add(&metrics.delivered, n);
 
-    w.stream.write_all(head(p).as_bytes())?;
+    w.stream
+        .write_all(head(p.http10, p.cors_origin).as_bytes())?;
     w.push(&sse::retry(jittered(p.retry_ms)));
     if let (Some(last), Some(oldest)) = (p.last_event_id, sub.replay.gap) {
         w.push(&sse::gap(last, oldest));
@@ -203,8 +217,8 @@ fn run(w: &mut Writer, sub: &Subscription<'_>, p: &StreamParams) -> io::Result<(
         1
     };
     loop {
-        if sub.ended() {
-            return Ok(());
+        if let Some(done) = check(sub)? {
+            return Ok(done);
         }
         match sub.rx.recv_timeout(p.heartbeat) {
             Ok(first) => {
@@ -215,8 +229,8 @@ fn run(w: &mut Writer, sub: &Subscription<'_>, p: &StreamParams) -> io::Result<(
                         Err(_) => break,
                     }
                 }
-                if sub.ended() {
-                    return Ok(());
+                if let Some(done) = check(sub)? {
+                    return Ok(done);
                 }
                 w.flush()?;
                 delivered(n);
@@ -228,7 +242,7 @@ fn run(w: &mut Writer, sub: &Subscription<'_>, p: &StreamParams) -> io::Result<(
                 w.push(sse::HEARTBEAT);
                 w.flush()?;
             }
-            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            Err(RecvTimeoutError::Disconnected) => return check(sub).map(|_| ()),
         }
     }
 }
@@ -258,15 +272,8 @@ mod tests {
 
     #[test]
     fn stream_head() {
-        let p = StreamParams {
-            http10: false,
-            retry_ms: 1,
-            heartbeat: Duration::from_secs(1),
-            cors_origin: Some("https://a.example"),
-            last_event_id: None,
-        };
         assert_eq!(
-            head(&p),
+            head(false, Some("https://a.example")),
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\
              Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n\
              Access-Control-Allow-Origin: https://a.example\r\nVary: Origin\r\n\r\n"

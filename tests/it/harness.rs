@@ -211,6 +211,17 @@ impl Hub {
         usage(self.pid())
     }
 
+    /// Closes `subs`, waits until none is counted, then checks `canary`.
+    pub fn canary_after_close(&self, subs: Vec<Sub>) {
+        for s in subs {
+            s.close();
+        }
+        assert!(poll(Duration::from_secs(5), || self
+            .metric("ssehub_subscribers")
+            == 0));
+        self.canary();
+    }
+
     /// A publish on a fresh topic reaches a fresh subscriber: the hub is
     /// alive and serving.
     pub fn canary(&self) {
@@ -532,22 +543,25 @@ impl Sub {
             if !self.fill()? {
                 return Err(std::io::Error::new(
                     ErrorKind::UnexpectedEof,
-                    format!(
-                        "stream ended; received {:?}",
-                        String::from_utf8_lossy(&self.received)
-                    ),
+                    format!("stream ended; received {}", self.tail()),
                 ));
             }
         }
     }
 
     pub fn next_block(&mut self) -> String {
-        self.try_next_block().unwrap_or_else(|e| {
-            panic!(
-                "no block: {e}; received so far {:?}",
-                String::from_utf8_lossy(&self.received)
-            )
-        })
+        self.try_next_block()
+            .unwrap_or_else(|e| panic!("no block: {e}; received so far {}", self.tail()))
+    }
+
+    /// The last bytes received, for failure messages.
+    pub fn tail(&self) -> String {
+        let from = self.received.len().saturating_sub(400);
+        format!(
+            "({} bytes) ...{:?}",
+            self.received.len(),
+            String::from_utf8_lossy(&self.received[from..])
+        )
     }
 
     pub fn try_next_any(&mut self) -> std::io::Result<Event> {

@@ -1,1 +1,126 @@
-//! Limits (issue 4).
+//! `--client-queue`, `--max-subscribers` and the startup clamp.
+
+use std::io::Read;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::harness::{poll, Hub, Start};
+
+/// A subscriber that never reads is evicted with a proper stream end; a
+/// fast reader beside it gets everything; publishing never waits.
+#[test]
+fn a_stalled_subscriber_is_evicted_and_others_are_not_slowed() {
+    let hub = Arc::new(Hub::start(&["--client-queue", "64"]));
+    let mut slow = hub.subscribe("/events", "");
+    socket2::SockRef::from(&slow.stream)
+        .set_recv_buffer_size(4096)
+        .unwrap();
+    slow.next_block();
+    let mut fast = hub.subscribe("/events", "");
+    fast.next_block();
+    let reader = thread::spawn(move || {
+        let mut ids = Vec::new();
+        while ids.len() < 2000 {
+            ids.push(fast.next_event().data);
+        }
+        ids
+    });
+    // 2,000 × 4 KiB: more than the socket buffers can hide.
+    let payload = "p".repeat(4096);
+    let mut slowest = Duration::ZERO;
+    for i in 0..2000 {
+        let started = Instant::now();
+        hub.publish("t", &format!("{i} {payload}"));
+        slowest = slowest.max(started.elapsed());
+    }
+    let got = reader.join().unwrap();
+    for (i, data) in got.iter().enumerate() {
+        assert!(
+            data.starts_with(&format!("{i} ")),
+            "fast reader got {data:.20} at {i}"
+        );
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a publish took {slowest:?}"
+    );
+    assert!(poll(Duration::from_secs(5), || hub
+        .metric("ssehub_subscribers_evicted_total")
+        == 1));
+    socket2::SockRef::from(&slow.stream)
+        .set_recv_buffer_size(1 << 20)
+        .unwrap();
+    // Once it reads again it finds what was already written, in order, then
+    // the zero chunk and EOF: a proper end it can reconnect from.
+    let mut n = 0;
+    while let Ok(ev) = slow.try_next_event() {
+        assert!(
+            ev.data.starts_with(&format!("{n} ")),
+            "slow reader out of order at {n}"
+        );
+        n += 1;
+    }
+    assert!(n < 2000, "the stalled subscriber was not cut off");
+    assert!(
+        slow.ends_cleanly(Duration::from_secs(12)),
+        "no stream end after eviction"
+    );
+    assert!(poll(Duration::from_secs(2), || hub
+        .metric("ssehub_subscribers")
+        == 0));
+}
+
+#[test]
+fn max_subscribers_answers_503_with_retry_after() {
+    let hub = Hub::start(&["--max-subscribers", "3", "--heartbeat", "1"]);
+    let mut subs: Vec<_> = (0..3).map(|_| hub.subscribe("/events", "")).collect();
+    let refused = hub.try_subscribe("/events", "");
+    assert_eq!(refused.head.status, 503);
+    assert_eq!(refused.head.header("retry-after"), Some("1"));
+    assert_eq!(
+        String::from_utf8_lossy(&refused.head.body),
+        "too many subscribers\n"
+    );
+    subs.pop().unwrap().close();
+    assert!(poll(Duration::from_secs(3), || hub
+        .try_subscribe("/events", "")
+        .head
+        .status
+        == 200));
+    hub.canary_after_close(subs);
+}
+
+#[test]
+fn max_subscribers_is_clamped_to_the_open_file_limit() {
+    let hub = Hub::start_with(
+        &["--max-subscribers", "10000"],
+        Start {
+            open_files: Some(256),
+            ..Start::default()
+        },
+    );
+    let max = hub.metric("ssehub_max_subscribers");
+    assert!(max > 100 && max < 256, "clamped to {max}");
+    assert!(
+        hub.log()
+            .contains(&format!("holding at most {max} streams")),
+        "{}",
+        hub.log()
+    );
+    assert!(hub.log().contains("open files"));
+}
+
+#[test]
+fn the_soft_open_file_limit_is_raised_to_the_hard_limit() {
+    let hub = Hub::start(&[]);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", hub.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[3], fields[4], "soft != hard: {line}");
+    let mut b = [0u8; 1];
+    let _ = hub.connect().read(&mut b);
+}

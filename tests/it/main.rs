@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod access;
 mod hostile;
 mod limits;
 mod publish;

@@ -1,0 +1,115 @@
+//! Publish and subscribe tokens, CORS.
+
+use crate::harness::{Hub, Start};
+
+#[test]
+fn publishing_needs_the_exact_bearer_token() {
+    let hub = Hub::start(&["--publish-token", "s3cret"]);
+    for auth in [
+        "",
+        "Authorization: Bearer wrong\r\n",
+        "Authorization: bearer s3cret\r\n",
+        "Authorization: Bearer  s3cret\r\n",
+        "Authorization: Basic s3cret\r\n",
+        "Authorization: Bearer s3cret2\r\n",
+        "Authorization: Bearer s3cre\r\n",
+        "Authorization: s3cret\r\n",
+        "Authorization: Bearer s3cret\r\nAuthorization: Bearer s3cret\r\n",
+    ] {
+        let r = hub.post("/events", b"x", auth);
+        assert_eq!(r.status, 401, "{auth:?}");
+        assert_eq!(r.error(), "missing or wrong publish token");
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    }
+    // The query token is for subscribers only.
+    assert_eq!(hub.post("/events?token=s3cret", b"x", "").status, 401);
+    assert_eq!(hub.metric("ssehub_events_published_total"), 0);
+    let r = hub.post("/events", b"x", "Authorization: Bearer s3cret\r\n");
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn subscribing_needs_the_token_by_header_or_query() {
+    let hub = Hub::start(&["--subscribe-token", "t0k"]);
+    for (target, headers) in [
+        ("/events", ""),
+        ("/events?token=nope", ""),
+        ("/events", "Authorization: Bearer nope\r\n"),
+        ("/events?token=t0k2", ""),
+    ] {
+        let s = hub.try_subscribe(target, headers);
+        assert_eq!(s.head.status, 401, "{target} {headers:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&s.head.body),
+            "missing or wrong subscribe token\n"
+        );
+    }
+    hub.subscribe("/events?token=t0k", "");
+    hub.subscribe("/events", "Authorization: Bearer t0k\r\n");
+    // Publishing is open: only --publish-token guards it.
+    assert_eq!(hub.post("/events", b"x", "").status, 200);
+}
+
+#[test]
+fn without_cors_origin_nothing_is_allowed_cross_origin() {
+    let hub = Hub::start(&[]);
+    let s = hub.subscribe("/events", "Origin: https://a.example\r\n");
+    assert_eq!(s.head.header("access-control-allow-origin"), None);
+    let r = hub.post("/events", b"x", "Origin: https://a.example\r\n");
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    let r = hub.raw(b"OPTIONS /events HTTP/1.1\r\nHost: x\r\nOrigin: https://a.example\r\nAccess-Control-Request-Method: POST\r\n\r\n");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+}
+
+#[test]
+fn cors_origin_applies_to_streams_publishes_errors_and_preflight() {
+    let hub = Hub::start_with(
+        &["--cors-origin", "https://a.example", "--publish-token", "p"],
+        Start::default(),
+    );
+    let s = hub.subscribe("/events", "Origin: https://a.example\r\n");
+    assert_eq!(
+        s.head.header("access-control-allow-origin"),
+        Some("https://a.example")
+    );
+    assert_eq!(s.head.header("vary"), Some("Origin"));
+    let r = hub.post("/events", b"x", "Authorization: Bearer p\r\n");
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://a.example")
+    );
+    let r = hub.post("/events", b"x", "");
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://a.example")
+    );
+    let r = hub.raw(b"OPTIONS /events HTTP/1.1\r\nHost: x\r\nOrigin: https://a.example\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization, last-event-id\r\n\r\n");
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://a.example")
+    );
+    assert_eq!(
+        r.header("access-control-allow-methods"),
+        Some("GET, POST, OPTIONS")
+    );
+    assert_eq!(
+        r.header("access-control-allow-headers"),
+        Some("Last-Event-ID, Authorization, Content-Type")
+    );
+    // Other routes stay same-origin.
+    assert_eq!(
+        hub.get("/metrics").header("access-control-allow-origin"),
+        None
+    );
+}
+
+#[test]
+fn cors_origin_star() {
+    let hub = Hub::start(&["--cors-origin", "*"]);
+    let s = hub.subscribe("/events", "Origin: https://b.example\r\n");
+    assert_eq!(s.head.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(s.head.header("vary"), None);
+}
