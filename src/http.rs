@@ -118,7 +118,7 @@ fn shown(s: &str) -> String {
 }
 
 fn send(conn: &mut Conn, head: Option<&Head>, reply: Reply) -> io::Result<()> {
-    let http10 = head.is_none_or(|h| h.http10);
+    let http10 = head.is_some_and(|h| h.http10);
     let head_only = head.is_some_and(|h| h.method == Method::Head);
     let header = |name: &str, value: &str| {
         Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("ASCII header")
@@ -166,30 +166,49 @@ pub fn serve_connection(stream: TcpStream, app: &App) {
 fn route(mut conn: Conn, head: Head, app: &App) -> Option<Conn> {
     let (path, query) = split_target(&head.target);
     let events = path == "/events";
-    let reply = match (&head.method, path) {
-        (Method::Get, "/events") => return subscribe(conn, &head, query, app),
-        (Method::Post, "/events") => publish(&mut conn, &head, query, app),
-        (Method::Options, "/events") if app.config.cors_origin.is_some() => {
-            bodyless(&mut conn, &head).map(|()| preflight())
-        }
-        (Method::Get | Method::Head, "/") => bodyless(&mut conn, &head).map(|()| {
-            Reply::new(200, "text/html; charset=utf-8", PAGE)
-                .header("Content-Security-Policy", PAGE_CSP)
-                .header("X-Content-Type-Options", "nosniff")
-        }),
-        (Method::Get | Method::Head, "/healthz") => {
-            bodyless(&mut conn, &head).map(|()| Reply::text(200, "ok"))
-        }
-        (Method::Get | Method::Head, "/metrics") => bodyless(&mut conn, &head).map(|()| {
-            Reply::new(
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                app.hub.metrics.render(&app.hub.gauges()),
-            )
-        }),
-        (_, "/events") => Err(Refusal::new(405, "method not allowed")),
-        (_, "/" | "/healthz" | "/metrics") => Err(Refusal::new(405, "method not allowed")),
-        _ => Err(Refusal::new(404, "not found")),
+    // Framing and the declared size are checked on every request, before
+    // routing: no route reads a body it cannot trust or will not take.
+    let limit = match (&head.method, path) {
+        (Method::Post, "/events") => app.config.max_event_bytes,
+        _ => 0,
+    };
+    let framing = match head.framing() {
+        Ok(Framing::Length(n)) if n > limit as u64 => Err(RequestError::BodyTooLarge),
+        other => other,
+    };
+    // A refused request's body is not read, so the connection cannot be
+    // trusted to hold a next request after it.
+    let body_unread = !matches!(framing, Ok(Framing::None | Framing::Length(0)));
+    let reply = match framing {
+        Err(e) => Err(Refusal::from(e)),
+        Ok(framing) => match (&head.method, path) {
+            (Method::Get, "/events") => {
+                return subscribe(conn, &head, framing, query, app);
+            }
+            (Method::Post, "/events") => publish(&mut conn, &head, framing, query, app),
+            (Method::Options, "/events") if app.config.cors_origin.is_some() => {
+                bodyless(&mut conn, framing).map(|()| preflight())
+            }
+            (Method::Get | Method::Head, "/") => bodyless(&mut conn, framing).map(|()| {
+                Reply::new(200, "text/html; charset=utf-8", PAGE)
+                    .header("Content-Security-Policy", PAGE_CSP)
+                    .header("X-Content-Type-Options", "nosniff")
+            }),
+            (Method::Get | Method::Head, "/healthz") => {
+                bodyless(&mut conn, framing).map(|()| Reply::text(200, "ok"))
+            }
+            (Method::Get | Method::Head, "/metrics") => bodyless(&mut conn, framing).map(|()| {
+                Reply::new(
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    app.hub.metrics.render(&app.hub.gauges()),
+                )
+            }),
+            (_, "/events" | "/" | "/healthz" | "/metrics") => {
+                Err(Refusal::new(405, "method not allowed"))
+            }
+            _ => Err(Refusal::new(404, "not found")),
+        },
     };
     let reply = match reply {
         Ok(reply) => reply,
@@ -199,15 +218,10 @@ fn route(mut conn: Conn, head: Head, app: &App) -> Option<Conn> {
                 "/events" => "GET, POST",
                 _ => "GET, HEAD",
             };
-            let with_allow = refusal.status == 405;
-            let close = refusal.close;
-            let ok = refuse(
-                &mut conn,
-                Some(&head),
-                with_allow.then_some(allow),
-                app,
-                refusal,
-            );
+            let close = refusal.close || body_unread;
+            let refusal = Refusal { close, ..refusal };
+            let with_allow = (refusal.status == 405).then_some(allow);
+            let ok = refuse(&mut conn, Some(&head), with_allow, app, refusal);
             return (ok && !close && !head.wants_close()).then_some(conn);
         }
     };
@@ -286,10 +300,9 @@ fn preflight() -> Reply {
         .header("Access-Control-Max-Age", "86400")
 }
 
-/// Routes other than `POST /events` take no body: one that is declared is
-/// refused with 413 before it is read.
-fn bodyless(conn: &mut Conn, head: &Head) -> Result<(), Refusal> {
-    let framing = head.framing()?;
+/// Routes other than `POST /events` take no body: a chunked one that is
+/// not empty is refused with 413 at its first chunk.
+fn bodyless(conn: &mut Conn, framing: Framing) -> Result<(), Refusal> {
     let deadline = Instant::now() + BODY_TIMEOUT;
     conn.read_body(framing, 0, deadline)?;
     Ok(())
@@ -363,45 +376,35 @@ fn bearer_matches(head: &Head, token: &str) -> bool {
     }
 }
 
-fn publish(conn: &mut Conn, head: &Head, query: &str, app: &App) -> Result<Reply, Refusal> {
+fn publish(
+    conn: &mut Conn,
+    head: &Head,
+    framing: Framing,
+    query: &str,
+    app: &App,
+) -> Result<Reply, Refusal> {
     let cfg = &app.config;
-    let framing = head.framing()?;
-    if let Framing::Length(n) = framing {
-        if n > cfg.max_event_bytes as u64 {
-            return Err(RequestError::BodyTooLarge.into());
-        }
-    }
-    let body_unread = |r: Refusal| Refusal {
-        close: r.close || framing != Framing::None,
-        ..r
-    };
     if let Some(token) = &cfg.publish_token {
         if !bearer_matches(head, token) {
-            return Err(body_unread(Refusal::new(
-                401,
-                "missing or wrong publish token",
-            )));
+            return Err(Refusal::new(401, "missing or wrong publish token"));
         }
     }
     let mut topic = None;
     let mut name = None;
-    for (k, v) in parse_query(query).map_err(|e| body_unread(Refusal::new(400, e)))? {
+    for (k, v) in parse_query(query).map_err(|e| Refusal::new(400, e))? {
         let slot = match k.as_str() {
             "topic" => &mut topic,
             "event" => &mut name,
             _ => continue,
         };
         if slot.replace(v).is_some() {
-            return Err(body_unread(Refusal::new(
-                400,
-                format!("{k} given more than once"),
-            )));
+            return Err(Refusal::new(400, format!("{k} given more than once")));
         }
     }
     let topic = topic.unwrap_or_else(|| "default".into());
-    event::check_name("topic", &topic).map_err(|e| body_unread(Refusal::new(400, e)))?;
+    event::check_name("topic", &topic).map_err(|e| Refusal::new(400, e))?;
     if let Some(name) = &name {
-        event::check_event_name(name).map_err(|e| body_unread(Refusal::new(400, e)))?;
+        event::check_event_name(name).map_err(|e| Refusal::new(400, e))?;
     }
     if framing == Framing::None {
         return Err(Refusal::new(411, "Content-Length or chunked body required"));
@@ -411,7 +414,7 @@ fn publish(conn: &mut Conn, head: &Head, query: &str, app: &App) -> Result<Reply
         Ok(Some(v)) if v.eq_ignore_ascii_case("100-continue") => {
             conn.send_continue().map_err(|_| RequestError::Closed)?;
         }
-        _ => return Err(body_unread(Refusal::new(417, "unsupported Expect"))),
+        _ => return Err(Refusal::new(417, "unsupported Expect")),
     }
     let deadline = Instant::now() + BODY_TIMEOUT;
     let body = conn.read_body(framing, cfg.max_event_bytes, deadline)?;
@@ -433,9 +436,15 @@ fn publish(conn: &mut Conn, head: &Head, query: &str, app: &App) -> Result<Reply
 }
 
 /// Validates a subscription and turns the connection into its stream.
-fn subscribe(mut conn: Conn, head: &Head, query: &str, app: &App) -> Option<Conn> {
+fn subscribe(
+    mut conn: Conn,
+    head: &Head,
+    framing: Framing,
+    query: &str,
+    app: &App,
+) -> Option<Conn> {
     let checked = (|| -> Result<(TopicFilter, Option<EventId>), Refusal> {
-        bodyless(&mut conn, head)?;
+        bodyless(&mut conn, framing)?;
         let mut topics = Vec::new();
         let mut token = None;
         let mut query_id = None;

@@ -76,8 +76,9 @@ pub fn measure() -> Capacity {
     let fds_free = open_files
         .saturating_sub(count_entries("/proc/self/fd"))
         .saturating_sub(RESERVE_FDS);
-    // One fd per connection; streams are connections.
-    let mut streams = fds_free;
+    // One fd per connection; streams are connections, and a tenth of the
+    // connections stays free for publishers and scrapes when streams are full.
+    let mut streams = fds_free - fds_free / 10;
     let mut binding = "open files";
     let mut bound = |what: &'static str, n: Option<usize>| {
         if let Some(n) = n {

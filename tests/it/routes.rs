@@ -35,8 +35,11 @@ fn other_methods_are_405_with_allow() {
     let hub = Hub::start(&[]);
     let r = hub.raw(b"DELETE /events HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!((r.status, r.header("allow")), (405, Some("GET, POST")));
-    let r = hub.raw(b"PUT /events HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx");
+    let r = hub.raw(b"PUT /events HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
     assert_eq!((r.status, r.header("allow")), (405, Some("GET, POST")));
+    // A body no route takes is refused by its size first.
+    let r = hub.raw(b"PUT /events HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx");
+    assert_eq!(r.status, 413);
     let r = hub.raw(b"OPTIONS /events HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!((r.status, r.header("allow")), (405, Some("GET, POST")));
     let r = hub.raw(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
