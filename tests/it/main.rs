@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod browser;
 mod hostile;
 mod limits;
 mod publish;
