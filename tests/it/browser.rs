@@ -260,6 +260,24 @@ fn subscribe_token_field_opens_a_guarded_stream() {
 }
 
 #[test]
+fn page_retries_a_stream_the_hub_refused_for_lack_of_room() {
+    let hub = Hub::start(&["--max-subscribers", "1", "--heartbeat", "1"]);
+    let mut taken = hub.subscribe("/events", "");
+    taken.next_block();
+    let Some(mut page) = visit(&hub) else { return };
+    wait(
+        &mut page,
+        "document.getElementById('state').textContent\
+           .startsWith('closed: 503 too many subscribers · attempt 1 in 1 s')",
+        "the refusal and the retry show",
+    );
+    taken.close();
+    wait(&mut page, &state_is("open"), "a retry gets the freed place");
+    let id = hub.publish("t", "room again");
+    wait(&mut page, &shows_id(&id), "the event shows");
+}
+
+#[test]
 fn page_rides_out_a_hub_restart_with_a_gap_marker() {
     let args = ["--retry-ms", "200"];
     let hub = Hub::start(&args);
