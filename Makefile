@@ -4,7 +4,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: run build test deps lint bench
+.PHONY: run build test deps lint bench screenshot
 
 run:
 	$(CARGO) run --release -- $(ARGS)
@@ -25,3 +25,8 @@ lint:
 
 test: deps lint
 	$(CARGO) test
+
+# Retakes the README's picture of the page in headless Chromium.
+screenshot: deps
+	mkdir -p docs
+	PAGE_PNG=$(CURDIR)/docs/page.png $(CARGO) test --test it -- --exact browser::screenshot_of_the_page_with_events

@@ -23,9 +23,12 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 const PAGE: &str = include_str!("index.html");
-const PAGE_CSP: &str = "default-src 'none'; script-src 'self' 'unsafe-inline'; \
-    style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; \
-    base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+/// The page may run only its own inline script and style, named by their
+/// SHA-256 (a test below recomputes them), and connect only to this hub.
+const PAGE_CSP: &str = "default-src 'none'; \
+    script-src 'sha256-oPD5oJgoCqau0LmuWJGwrDMYBogMla0xxoAeoQFHl74='; \
+    style-src 'sha256-Fd3RxWP0yU1c9BPVNwoYlpZXFFnsgTkufAo7oLwR+kA='; \
+    connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// What every connection thread shares.
 pub struct App {
@@ -560,6 +563,27 @@ mod tests {
         assert!(!same_secret(b"ab", b"abc"));
         assert!(!same_secret(b"abcd", b"abc"));
         assert!(!same_secret(b"", b"abc"));
+    }
+
+    #[test]
+    fn page_csp_names_the_inline_script_and_style() {
+        use base64::Engine;
+        use sha2::Digest;
+        for tag in ["script", "style"] {
+            let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+            assert_eq!(PAGE.matches(&open).count(), 1, "one inline <{tag}>");
+            let start = PAGE.find(&open).unwrap() + open.len();
+            let end = start + PAGE[start..].find(&close).unwrap();
+            let digest = sha2::Sha256::digest(&PAGE[start..end]);
+            let source = format!(
+                "{tag}-src 'sha256-{}'",
+                base64::engine::general_purpose::STANDARD.encode(digest)
+            );
+            assert!(
+                PAGE_CSP.contains(&source),
+                "src/index.html changed: PAGE_CSP needs {source}"
+            );
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 mod harness;
 
 mod access;
+mod browser;
 mod hostile;
 mod limits;
 mod publish;
