@@ -5,6 +5,7 @@
 
 use std::io::{self, BufWriter, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tiny_http::{HTTPVersion, Header, Method, Response, StatusCode};
@@ -28,7 +29,8 @@ const PAGE_CSP: &str = "default-src 'none'; script-src 'self' 'unsafe-inline'; \
 
 /// What every connection thread shares.
 pub struct App {
-    pub hub: Hub,
+    /// Shared with the follower of a shared log.
+    pub hub: Arc<Hub>,
     pub config: Config,
 }
 
@@ -175,9 +177,15 @@ fn route(mut conn: Conn, head: Head, app: &App) -> Option<Conn> {
                 .header("Content-Security-Policy", PAGE_CSP)
                 .header("X-Content-Type-Options", "nosniff")
         }),
-        (Method::Get | Method::Head, "/healthz") => {
-            bodyless(&mut conn, &head).map(|()| Reply::text(200, "ok"))
-        }
+        (Method::Get | Method::Head, "/healthz") => bodyless(&mut conn, &head).map(|()| {
+            // A hub whose shared log is down still serves its open streams,
+            // but cannot publish: a load balancer should prefer another.
+            if app.hub.log_up() {
+                Reply::text(200, "ok")
+            } else {
+                Reply::text(503, "event log down")
+            }
+        }),
         (Method::Get | Method::Head, "/metrics") => bodyless(&mut conn, &head).map(|()| {
             Reply::new(
                 200,
@@ -427,6 +435,10 @@ fn publish(conn: &mut Conn, head: &Head, query: &str, app: &App) -> Result<Reply
             retry_after: true,
             ..Refusal::new(503, "shutting down")
         }),
+        Err(PublishError::Unavailable(e)) => Err(Refusal {
+            retry_after: true,
+            ..Refusal::new(503, e.to_string())
+        }),
     }
 }
 
@@ -499,6 +511,11 @@ fn subscribe(mut conn: Conn, head: &Head, query: &str, app: &App) -> Option<Conn
                 retry_after: true,
                 close: true,
                 ..Refusal::new(503, "shutting down")
+            },
+            Err(SubscribeError::Unavailable(e)) => Refusal {
+                retry_after: true,
+                close: true,
+                ..Refusal::new(503, e.to_string())
             },
         },
         Err(refusal) => refusal,

@@ -180,10 +180,11 @@ fn run(w: &mut Writer, sub: &Subscription<'_>, p: &StreamParams) -> io::Result<(
     }
     w.flush()?;
 
-    // Replay, then live. With an external log the queue may repeat the tail
-    // of the replay, so live frames at or below the last replayed id are
-    // skipped (ids only grow).
-    let mut last_sent = None;
+    // Replay, then live. With a shared log the queue may repeat the tail of
+    // the replay, or the client's own last event when the follower lags, so
+    // live frames at or below the last id the client has are skipped (ids
+    // only grow). After a gap that id may be from another log: no floor.
+    let mut last_sent = p.last_event_id.filter(|_| sub.replay.gap.is_none());
     for frame in &sub.replay.frames {
         if w.pending() + frame.bytes.len() > BATCH_BYTES {
             w.flush()?;
