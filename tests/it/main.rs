@@ -5,6 +5,7 @@ mod harness;
 mod hostile;
 mod limits;
 mod publish;
+mod redis;
 mod replay;
 mod routes;
 mod shutdown;
