@@ -488,36 +488,40 @@ fn subscribe(mut conn: Conn, head: &Head, query: &str, app: &App) -> Option<Conn
         Ok((topics, last))
     })();
     let refusal = match checked {
-        Ok((topics, last)) => match app.hub.subscribe(topics, last) {
-            Ok(sub) => {
-                log::debug!("stream opened ({} open)", app.hub.gauges().subscribers);
-                let params = StreamParams {
-                    http10: head.http10,
-                    retry_ms: app.config.retry_ms,
-                    heartbeat: app.config.heartbeat,
-                    cors_origin: app.config.cors_origin.as_deref(),
-                    last_event_id: last,
-                };
-                stream::serve(conn.into_stream(), sub, &params);
-                log::debug!("stream closed");
-                return None;
+        Ok((topics, last)) => {
+            let params = StreamParams {
+                http10: head.http10,
+                retry_ms: app.config.retry_ms,
+                heartbeat: app.config.heartbeat,
+                cors_origin: app.config.cors_origin.as_deref(),
+                last_event_id: last,
+            };
+            match app.hub.subscribe(topics, last) {
+                Ok(sub) => {
+                    log::debug!("stream opened ({} open)", app.hub.gauges().subscribers);
+                    stream::serve(conn.into_stream(), sub, &params);
+                    log::debug!("stream closed");
+                    return None;
+                }
+                Err(SubscribeError::Unavailable(e)) => {
+                    // Not a 503: EventSource never retries after one, and this
+                    // client only needs to come back a little later.
+                    log::info!("replay unavailable ({e}): the stream ends at once, to be retried");
+                    stream::retry_later(conn.into_stream(), &params);
+                    return None;
+                }
+                Err(SubscribeError::Full) => Refusal {
+                    retry_after: true,
+                    close: true,
+                    ..Refusal::new(503, "too many subscribers")
+                },
+                Err(SubscribeError::Closed) => Refusal {
+                    retry_after: true,
+                    close: true,
+                    ..Refusal::new(503, "shutting down")
+                },
             }
-            Err(SubscribeError::Full) => Refusal {
-                retry_after: true,
-                close: true,
-                ..Refusal::new(503, "too many subscribers")
-            },
-            Err(SubscribeError::Closed) => Refusal {
-                retry_after: true,
-                close: true,
-                ..Refusal::new(503, "shutting down")
-            },
-            Err(SubscribeError::Unavailable(e)) => Refusal {
-                retry_after: true,
-                close: true,
-                ..Refusal::new(503, e.to_string())
-            },
-        },
+        }
         Err(refusal) => refusal,
     };
     let close = refusal.close;

@@ -59,7 +59,8 @@ pub enum SubscribeError {
     Full,
     /// The hub is shutting down.
     Closed,
-    /// A replay was asked for and the shared log is out of reach.
+    /// A replay was asked for and the shared log is out of reach; the
+    /// subscriber was not registered.
     Unavailable(LogError),
 }
 

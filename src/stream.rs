@@ -168,6 +168,21 @@ pub fn serve(stream: TcpStream, sub: Subscription<'_>, p: &StreamParams) {
     drop(sub);
 }
 
+/// Answers a subscriber whose replay cannot be read now (the shared log is
+/// out of reach): the head, `retry:` and the stream end, so the client
+/// reconnects after that delay with the same last event id.
+pub fn retry_later(stream: TcpStream, p: &StreamParams) {
+    let mut w = Writer::new(stream, !p.http10);
+    let started = w.stream.write_all(head(p).as_bytes()).and_then(|()| {
+        w.push(&sse::retry(jittered(p.retry_ms)));
+        w.flush()
+    });
+    match started {
+        Ok(()) => w.finish(),
+        Err(e) => log::debug!("stream closed by client: {e}"),
+    }
+}
+
 /// Ok when the hub ended the stream, Err when the client went away.
 fn run(w: &mut Writer, sub: &Subscription<'_>, p: &StreamParams) -> io::Result<()> {
     let metrics = sub.metrics();
