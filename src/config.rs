@@ -86,7 +86,7 @@ struct Args {
     #[arg(long, env = "SSEHUB_CORS_ORIGIN", value_name = "ORIGIN")]
     cors_origin: Option<String>,
 
-    /// Use Redis as the shared event log (redis://HOST:PORT[/DB])
+    /// Use Redis as the shared event log, so several hubs act as one (redis://[:PASSWORD@]HOST:PORT[/DB])
     #[arg(long, env = "SSEHUB_REDIS", value_name = "URL")]
     redis: Option<String>,
 
@@ -109,7 +109,6 @@ pub struct Config {
     pub publish_token: Option<String>,
     pub subscribe_token: Option<String>,
     pub cors_origin: Option<String>,
-    #[allow(dead_code)] // TODO(#7): read by the Redis event log
     pub redis: Option<String>,
 }
 
@@ -180,19 +179,19 @@ impl Config {
             }
         }
         if let Some(url) = &a.redis {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            // TLS (rediss://) is not built in: refuse it here rather than
+            // fail on the first connection.
+            if !["redis://", "redis+unix://", "unix://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+            {
                 return Err(ConfigError::Invalid {
                     option: "--redis",
-                    value: url.escape_debug().to_string(),
-                    why: "expected redis://HOST:PORT",
+                    // never echo the URL: it may carry a password
+                    value: "<hidden>".into(),
+                    why: "expected redis://HOST:PORT or redis+unix:///PATH",
                 });
             }
-            // TODO(#7): the Redis event log.
-            return Err(ConfigError::Invalid {
-                option: "--redis",
-                value: url.escape_debug().to_string(),
-                why: "not yet supported",
-            });
         }
         if !a.bind.ip().is_loopback() && a.publish_token.is_none() && !a.allow_anonymous_publish {
             return Err(ConfigError::AnonymousPublish(a.bind));
@@ -266,6 +265,8 @@ mod tests {
         assert!(refusal(&["--bind", "nowhere"]).contains("--bind"));
         assert!(refusal(&["--cors-origin", "a b"]).contains("--cors-origin"));
         assert!(refusal(&["--redis", "http://x"]).contains("--redis"));
+        assert!(refusal(&["--redis", "rediss://h:1"]).contains("--redis"));
+        assert!(parse(&["--redis", "redis://127.0.0.1:6379/2"]).is_ok());
     }
 
     #[test]

@@ -127,6 +127,29 @@ impl TopicFilter {
     }
 }
 
+/// A published event before the log gives it an id: what the publisher
+/// sent, checked, and its frame without the `id:` line (`sse::body`),
+/// encoded once outside any lock.
+#[derive(Debug)]
+pub struct Event<'a> {
+    pub topic: &'a str,
+    /// The event type (`event:` field), if any.
+    pub name: Option<&'a str>,
+    pub data: &'a str,
+    pub body: Vec<u8>,
+}
+
+impl<'a> Event<'a> {
+    pub fn new(topic: &'a str, name: Option<&'a str>, data: &'a str) -> Event<'a> {
+        Event {
+            topic,
+            name,
+            data,
+            body: crate::sse::body(name, data),
+        }
+    }
+}
+
 /// One published event, encoded to its wire bytes once; every subscriber and
 /// the history share the same allocation.
 #[derive(Debug)]
@@ -135,6 +158,17 @@ pub struct Frame {
     pub topic: Box<str>,
     /// The complete event-stream block, `id:` line through the blank line.
     pub bytes: Box<[u8]>,
+}
+
+impl Frame {
+    /// `event` under its id: the `id:` line in front of its encoded body.
+    pub fn new(id: EventId, event: &Event) -> Frame {
+        Frame {
+            id,
+            topic: event.topic.into(),
+            bytes: crate::sse::frame(id, &event.body),
+        }
+    }
 }
 
 pub type SharedFrame = Arc<Frame>;

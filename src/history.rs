@@ -1,10 +1,14 @@
 //! The event log contract and its in-memory implementation: a ring of
 //! recent frames bounded by count and by bytes, answering "events after X for
-//! these topics, or a gap". No lock and no I/O: the hub serialises access.
+//! these topics, or a gap", and the id clock in front of it. No I/O; the hub
+//! calls the in-memory log only under its own lock.
 
 use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::event::{EventId, SharedFrame, TopicFilter};
+use crate::event::{Event, EventId, Frame, IdClock, SharedFrame, TopicFilter};
 
 /// What a reconnecting subscriber is owed.
 #[derive(Debug, Default)]
@@ -17,16 +21,91 @@ pub struct Replay {
     pub frames: Vec<SharedFrame>,
 }
 
-/// Where published events are kept for replay. The hub holds one as a trait
-/// object; the in-memory `History` is one implementation.
-pub trait EventLog: Send {
-    /// Keeps `frame`; its id is above every id appended before.
-    fn append(&mut self, frame: SharedFrame);
+/// Why the log could not be written or read: only a shared log fails, when
+/// its store is out of reach. The text is fit for a client and a log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogError(pub String);
+
+impl fmt::Display for LogError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where published events get their id and are kept for replay. The hub
+/// holds one as a trait object: `MemoryLog` for a hub alone, the Redis
+/// stream for several hubs acting as one.
+pub trait EventLog: Send + Sync {
+    /// Keeps `event` and returns its frame under the id the log gave it; ids
+    /// only grow. Returns once the event is stored.
+    fn append(&self, event: &Event) -> Result<SharedFrame, LogError>;
     /// The frames after `last` that match `topics`, and whether a gap
     /// precedes them.
-    fn replay(&self, last: EventId, topics: &TopicFilter) -> Replay;
+    fn replay(&self, last: EventId, topics: &TopicFilter) -> Result<Replay, LogError>;
     /// How many events are retained now.
     fn len(&self) -> usize;
+    /// True when other processes append to the same log. The hub then calls
+    /// it outside its lock (it does I/O), and events reach this process's
+    /// subscribers through a follower, in the log's order, never from
+    /// `append`.
+    fn shared(&self) -> bool;
+    /// Whether the log can be reached now; a local log always can.
+    fn up(&self) -> bool;
+}
+
+/// The log of a hub alone: the id clock and the replay ring. Its lock is
+/// only ever taken inside the hub's, so it is never contended.
+#[derive(Debug)]
+pub struct MemoryLog {
+    state: Mutex<(IdClock, History)>,
+}
+
+impl MemoryLog {
+    /// See `History::new` for the bounds.
+    pub fn new(max_events: usize, max_bytes: usize) -> MemoryLog {
+        MemoryLog {
+            state: Mutex::new((IdClock::default(), History::new(max_events, max_bytes))),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, (IdClock, History)> {
+        // Every mutation finishes before anything can panic, so a poisoned
+        // lock still guards a consistent ring.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl EventLog for MemoryLog {
+    fn append(&self, event: &Event) -> Result<SharedFrame, LogError> {
+        let now = now_ms();
+        let mut state = self.state();
+        let id = state.0.next(now);
+        let frame = Arc::new(Frame::new(id, event));
+        state.1.append(frame.clone());
+        Ok(frame)
+    }
+
+    fn replay(&self, last: EventId, topics: &TopicFilter) -> Result<Replay, LogError> {
+        Ok(self.state().1.replay(last, topics))
+    }
+
+    fn len(&self) -> usize {
+        self.state().1.len()
+    }
+
+    fn shared(&self) -> bool {
+        false
+    }
+
+    fn up(&self) -> bool {
+        true
+    }
 }
 
 /// The in-memory replay ring.
@@ -63,10 +142,9 @@ impl History {
             self.evicted_upto = Some(old.id);
         }
     }
-}
 
-impl EventLog for History {
-    fn append(&mut self, frame: SharedFrame) {
+    /// Keeps `frame`; its id is above every id appended before.
+    pub fn append(&mut self, frame: SharedFrame) {
         self.newest = Some(frame.id);
         if self.max_events == 0 || frame.bytes.len() > self.max_bytes {
             self.evicted_upto = Some(frame.id);
@@ -83,7 +161,9 @@ impl EventLog for History {
         self.frames.push_back(frame);
     }
 
-    fn replay(&self, last: EventId, topics: &TopicFilter) -> Replay {
+    /// The frames after `last` that match `topics`, and whether a gap
+    /// precedes them.
+    pub fn replay(&self, last: EventId, topics: &TopicFilter) -> Replay {
         let matching = |from: usize| -> Vec<SharedFrame> {
             self.frames
                 .range(from..)
@@ -110,7 +190,8 @@ impl EventLog for History {
         }
     }
 
-    fn len(&self) -> usize {
+    /// How many events are retained now.
+    pub fn len(&self) -> usize {
         self.frames.len()
     }
 }
@@ -118,8 +199,6 @@ impl EventLog for History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Frame;
-    use std::sync::Arc;
 
     fn id(ms: u64) -> EventId {
         EventId { ms, seq: 0 }

@@ -5,6 +5,7 @@
 
 use std::io::{self, BufWriter, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tiny_http::{HTTPVersion, Header, Method, Response, StatusCode};
@@ -32,7 +33,8 @@ const PAGE_CSP: &str = "default-src 'none'; \
 
 /// What every connection thread shares.
 pub struct App {
-    pub hub: Hub,
+    /// Shared with the follower of a shared log.
+    pub hub: Arc<Hub>,
     pub config: Config,
     pub hangups: Hangups,
 }
@@ -197,9 +199,16 @@ fn route(mut conn: Conn, head: Head, app: &App) -> Option<Conn> {
                     .header("Content-Security-Policy", PAGE_CSP)
                     .header("X-Content-Type-Options", "nosniff")
             }),
-            (Method::Get | Method::Head, "/healthz") => {
-                bodyless(&mut conn, framing).map(|()| Reply::text(200, "ok"))
-            }
+            (Method::Get | Method::Head, "/healthz") => bodyless(&mut conn, framing).map(|()| {
+                // A hub whose shared log is down still serves its open
+                // streams, but cannot publish: a load balancer should prefer
+                // another.
+                if app.hub.log_up() {
+                    Reply::text(200, "ok")
+                } else {
+                    Reply::text(503, "event log down")
+                }
+            }),
             (Method::Get | Method::Head, "/metrics") => bodyless(&mut conn, framing).map(|()| {
                 Reply::new(
                     200,
@@ -435,6 +444,10 @@ fn publish(
             retry_after: true,
             ..Refusal::new(503, "shutting down")
         }),
+        Err(PublishError::Unavailable(e)) => Err(Refusal {
+            retry_after: true,
+            ..Refusal::new(503, e.to_string())
+        }),
     }
 }
 
@@ -490,32 +503,41 @@ fn subscribe(
         Ok((topics, last))
     })();
     let refusal = match checked {
-        Ok((topics, last)) => match app.hub.subscribe(topics, last) {
-            Ok(sub) => {
-                log::debug!("stream opened ({} open)", app.hub.gauges().subscribers);
-                let params = StreamParams {
-                    http10: head.http10,
-                    retry_ms: app.config.retry_ms,
-                    heartbeat: app.config.heartbeat,
-                    cors_origin: app.config.cors_origin.as_deref(),
-                    last_event_id: last,
-                    hangups: &app.hangups,
-                };
-                stream::serve(conn.into_stream(), sub, &params);
-                log::debug!("stream closed");
-                return None;
+        Ok((topics, last)) => {
+            let params = StreamParams {
+                http10: head.http10,
+                retry_ms: app.config.retry_ms,
+                heartbeat: app.config.heartbeat,
+                cors_origin: app.config.cors_origin.as_deref(),
+                last_event_id: last,
+                hangups: &app.hangups,
+            };
+            match app.hub.subscribe(topics, last) {
+                Ok(sub) => {
+                    log::debug!("stream opened ({} open)", app.hub.gauges().subscribers);
+                    stream::serve(conn.into_stream(), sub, &params);
+                    log::debug!("stream closed");
+                    return None;
+                }
+                Err(SubscribeError::Unavailable(e)) => {
+                    // Not a 503: EventSource never retries after one, and this
+                    // client only needs to come back a little later.
+                    log::info!("replay unavailable ({e}): the stream ends at once, to be retried");
+                    stream::retry_later(conn.into_stream(), &params);
+                    return None;
+                }
+                Err(SubscribeError::Full) => Refusal {
+                    retry_after: true,
+                    close: true,
+                    ..Refusal::new(503, "too many subscribers")
+                },
+                Err(SubscribeError::Closed) => Refusal {
+                    retry_after: true,
+                    close: true,
+                    ..Refusal::new(503, "shutting down")
+                },
             }
-            Err(SubscribeError::Full) => Refusal {
-                retry_after: true,
-                close: true,
-                ..Refusal::new(503, "too many subscribers")
-            },
-            Err(SubscribeError::Closed) => Refusal {
-                retry_after: true,
-                close: true,
-                ..Refusal::new(503, "shutting down")
-            },
-        },
+        }
         Err(refusal) => refusal,
     };
     let close = refusal.close;

@@ -1,18 +1,18 @@
-//! The registry of subscribers and the event log behind one mutex, and the
+//! The registry of subscribers behind one mutex, the event log, and the
 //! hub's three verbs: `publish`, `subscribe`, `close`. Fans out with a
 //! non-blocking send per subscriber; never writes to a socket, never sees
-//! HTTP types, never blocks while holding the lock.
+//! HTTP types, never blocks while holding the lock (a shared log's I/O
+//! happens outside it).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::event::{EventId, Frame, IdClock, SharedFrame, TopicFilter};
-use crate::history::{EventLog, Replay};
+use crate::event::{Event, EventId, SharedFrame, TopicFilter};
+use crate::history::{EventLog, LogError, Replay};
 use crate::metrics::{Gauges, Metrics};
-use crate::sse;
 
 /// Limits the hub enforces.
 #[derive(Clone, Copy, Debug)]
@@ -23,6 +23,7 @@ pub struct HubLimits {
 
 pub struct Hub {
     inner: Mutex<Inner>,
+    log: Box<dyn EventLog>,
     /// Signalled whenever a subscription ends, for shutdown to wait on.
     stream_ended: Condvar,
     limits: HubLimits,
@@ -31,8 +32,6 @@ pub struct Hub {
 
 struct Inner {
     subscribers: Vec<Subscriber>,
-    log: Box<dyn EventLog>,
-    clock: IdClock,
     next_key: u64,
     /// Subscriptions alive (registered, or evicted and still ending).
     streams: usize,
@@ -82,6 +81,9 @@ pub enum SubscribeError {
     Full,
     /// The hub is shutting down.
     Closed,
+    /// A replay was asked for and the shared log is out of reach; the
+    /// subscriber was not registered.
+    Unavailable(LogError),
 }
 
 /// Why a publish was refused.
@@ -89,6 +91,8 @@ pub enum SubscribeError {
 pub enum PublishError {
     /// The hub is shutting down.
     Closed,
+    /// The shared log is out of reach; nothing was published.
+    Unavailable(LogError),
 }
 
 /// A registered subscriber: its queue and what it is owed from the log.
@@ -134,23 +138,16 @@ impl Drop for Subscription<'_> {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Hub {
     pub fn new(log: Box<dyn EventLog>, limits: HubLimits) -> Hub {
         Hub {
             inner: Mutex::new(Inner {
                 subscribers: Vec::new(),
-                log,
-                clock: IdClock::default(),
                 next_key: 0,
                 streams: 0,
                 closed: false,
             }),
+            log,
             stream_ended: Condvar::new(),
             limits,
             metrics: Metrics::default(),
@@ -164,32 +161,77 @@ impl Hub {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Assigns the next id, appends the event to the log and queues it for
-    /// every matching subscriber. A subscriber already `client_queue` events
-    /// behind is evicted instead; one whose stream is gone is pruned.
+    /// Appends the event to the log, which gives it its id, and queues it
+    /// for every matching subscriber. A subscriber already `client_queue`
+    /// events behind is evicted instead; one whose stream is gone is pruned.
     pub fn publish(
         &self,
         topic: &str,
-        event: Option<&str>,
+        name: Option<&str>,
         data: &str,
     ) -> Result<Published, PublishError> {
-        let body = sse::body(event, data);
-        let now = now_ms();
+        let event = Event::new(topic, name, data);
+        if self.log.shared() {
+            return self.publish_shared(&event);
+        }
         let mut inner = self.lock();
         if inner.closed {
             return Err(PublishError::Closed);
         }
-        let id = inner.clock.next(now);
-        let frame = Arc::new(Frame {
-            id,
-            topic: topic.into(),
-            bytes: sse::frame(id, &body),
-        });
-        inner.log.append(frame.clone());
+        let frame = self.log.append(&event).map_err(PublishError::Unavailable)?;
         let receivers = self.fan_out(&mut inner, &frame);
         drop(inner);
         Metrics::add(&self.metrics.published, 1);
-        Ok(Published { id, receivers })
+        Ok(Published {
+            id: frame.id,
+            receivers,
+        })
+    }
+
+    /// With a shared log the event is appended outside the lock and comes
+    /// back through the follower (`fan_out_followed`), so this process
+    /// delivers it in the same order as every other one. `receivers` counts
+    /// the matching subscribers registered when the log accepted it.
+    fn publish_shared(&self, event: &Event) -> Result<Published, PublishError> {
+        if self.lock().closed {
+            return Err(PublishError::Closed);
+        }
+        let frame = self.log.append(event).map_err(PublishError::Unavailable)?;
+        let receivers = self
+            .lock()
+            .subscribers
+            .iter()
+            .filter(|s| s.topics.matches(event.topic))
+            .count();
+        Metrics::add(&self.metrics.published, 1);
+        Ok(Published {
+            id: frame.id,
+            receivers,
+        })
+    }
+
+    /// Queues frames read from a shared log, oldest first, for every
+    /// matching subscriber, as `publish` does for a local one. The lock is
+    /// taken per frame so subscribers can register in between.
+    pub fn fan_out_followed(&self, frames: &[SharedFrame]) {
+        for frame in frames {
+            let mut inner = self.lock();
+            self.fan_out(&mut inner, frame);
+        }
+    }
+
+    /// Ends every open stream without closing the hub: their clients
+    /// reconnect with their last id and replay, or learn of a gap. For when
+    /// the follower may have missed events of a shared log.
+    pub fn end_streams(&self) -> usize {
+        let mut inner = self.lock();
+        let ended = inner.subscribers.len();
+        for s in inner.subscribers.drain(..) {
+            s.end(RELEASED);
+        }
+        drop(inner);
+        Metrics::add(&self.metrics.evicted, ended as u64);
+        ended
     }
 
     fn fan_out(&self, inner: &mut Inner, frame: &SharedFrame) -> usize {
@@ -216,9 +258,12 @@ impl Hub {
         receivers
     }
 
-    /// Registers a subscriber and, in the same critical section, takes what
-    /// the log owes it after `last`; so every event is either in the replay
-    /// or in the queue, never both and never neither.
+    /// Registers a subscriber and takes what the log owes it after `last`.
+    /// A local log is read in the same critical section, so every event is
+    /// either in the replay or in the queue, never both and never neither. A
+    /// shared log is read after registering, outside the lock: an event can
+    /// then be in both, and the stream skips queued frames not above the
+    /// last replayed one (ids only grow).
     pub fn subscribe(
         &self,
         topics: TopicFilter,
@@ -231,9 +276,15 @@ impl Hub {
         if inner.streams >= self.limits.max_subscribers {
             return Err(SubscribeError::Full);
         }
-        let replay = last
-            .map(|last| inner.log.replay(last, &topics))
-            .unwrap_or_default();
+        let shared = self.log.shared();
+        let replay = match last {
+            Some(last) if !shared => self
+                .log
+                .replay(last, &topics)
+                .map_err(SubscribeError::Unavailable)?,
+            _ => Replay::default(),
+        };
+        let replay_later = last.filter(|_| shared).map(|last| (last, topics.clone()));
         let (tx, rx) = crossbeam_channel::unbounded();
         let state = Arc::new(AtomicU8::new(LIVE));
         let key = inner.next_key;
@@ -245,13 +296,22 @@ impl Hub {
             tx,
             state: state.clone(),
         });
-        Ok(Subscription {
+        drop(inner);
+        let mut sub = Subscription {
             hub: self,
             key,
             rx,
             replay,
             state,
-        })
+        };
+        if let Some((last, topics)) = replay_later {
+            // On failure `sub` is dropped, which unregisters it.
+            sub.replay = self
+                .log
+                .replay(last, &topics)
+                .map_err(SubscribeError::Unavailable)?;
+        }
+        Ok(sub)
     }
 
     /// Ends every stream (each writes its stream end and returns) and
@@ -297,20 +357,26 @@ impl Hub {
         let inner = self.lock();
         Gauges {
             subscribers: inner.streams,
-            history_events: inner.log.len(),
+            history_events: self.log.len(),
             max_subscribers: self.limits.max_subscribers,
+            log_up: self.log.shared().then(|| self.log.up()),
         }
+    }
+
+    /// Whether the event log can be reached now (always, for a local log).
+    pub fn log_up(&self) -> bool {
+        self.log.up()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::History;
+    use crate::history::MemoryLog;
 
     fn hub(max_subscribers: usize, client_queue: usize) -> Hub {
         Hub::new(
-            Box::new(History::new(100, 1 << 20)),
+            Box::new(MemoryLog::new(100, 1 << 20)),
             HubLimits {
                 max_subscribers,
                 client_queue,

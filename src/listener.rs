@@ -75,9 +75,12 @@ pub fn start(
     thread::Builder::new()
         .name("refuse".into())
         .spawn(move || refuse_loop(refuse_rx))?;
+    // A descriptor held in reserve: when accept fails for lack of
+    // descriptors, freeing it lets us accept and answer instead of spinning.
+    let spare = File::open("/dev/null").ok();
     thread::Builder::new()
         .name("accept".into())
-        .spawn(move || accept_loop(listener, app, max_connections, refuse_tx))
+        .spawn(move || accept_loop(listener, app, max_connections, refuse_tx, spare))
 }
 
 fn accept_loop(
@@ -85,10 +88,8 @@ fn accept_loop(
     app: Arc<App>,
     max_connections: usize,
     refuse_tx: Sender<TcpStream>,
+    mut spare: Option<File>,
 ) {
-    // A descriptor held in reserve: when accept fails for lack of
-    // descriptors, freeing it lets us accept and answer instead of spinning.
-    let mut spare = File::open("/dev/null").ok();
     let open: &AtomicU64 = &app.hub.metrics.connections;
     loop {
         match listener.accept() {

@@ -1,7 +1,7 @@
 //! ssehub: a Server-Sent Events hub. `main` reads the config, starts the
 //! logger, binds, runs the accept loop and waits for a signal to shut down;
 //! it holds no protocol logic. Exit 2 for a refused configuration, 1 when the
-//! address cannot be bound.
+//! address cannot be bound or Redis cannot be reached.
 
 mod config;
 mod event;
@@ -12,6 +12,7 @@ mod hub;
 mod limits;
 mod listener;
 mod metrics;
+mod redis;
 mod request;
 mod sse;
 mod stream;
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use config::{Config, ConfigError};
-use history::History;
+use history::{EventLog, MemoryLog};
 use http::App;
 use hub::{Hub, HubLimits};
 
@@ -54,6 +55,21 @@ fn main() {
         max_subscribers = capacity.streams.max(1);
     }
 
+    // Redis first: a hub that cannot reach it must not look ready.
+    let (log, follower): (Box<dyn EventLog>, _) = match &config.redis {
+        Some(url) => match redis::connect(url, config.history) {
+            Ok((log, follower)) => (Box::new(log), Some(follower)),
+            Err(e) => {
+                eprintln!("ssehub: error: {e}");
+                exit(1);
+            }
+        },
+        None => (
+            Box::new(MemoryLog::new(config.history, config.history_bytes)),
+            None,
+        ),
+    };
+
     let listener = match listener::bind(config.bind) {
         Ok(listener) => listener,
         Err(e) => {
@@ -71,14 +87,18 @@ fn main() {
         .try_clone()
         .expect("duplicate the listening socket");
 
-    let log = Box::new(History::new(config.history, config.history_bytes));
-    let hub = Hub::new(
+    let hub = Arc::new(Hub::new(
         log,
         HubLimits {
             max_subscribers,
             client_queue: config.client_queue,
         },
-    );
+    ));
+    if let Some(follower) = follower {
+        follower
+            .start(hub.clone())
+            .expect("start the redis follower thread");
+    }
     let hangups = match hangup::Hangups::new() {
         Ok(h) => h,
         Err(e) => {

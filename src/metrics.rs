@@ -17,6 +17,8 @@ pub struct Gauges {
     pub subscribers: usize,
     pub history_events: usize,
     pub max_subscribers: usize,
+    /// Whether the shared log (Redis) is reachable; `None` for a hub alone.
+    pub log_up: Option<bool>,
 }
 
 impl Metrics {
@@ -69,6 +71,14 @@ impl Metrics {
             "Events retained for replay.",
             g.history_events as u64,
         );
+        if let Some(up) = g.log_up {
+            put(
+                "ssehub_redis_up",
+                "gauge",
+                "1 while Redis, the shared event log, is reachable; 0 while publishing is refused.",
+                u64::from(up),
+            );
+        }
         put(
             "ssehub_connections",
             "gauge",
@@ -98,6 +108,7 @@ mod tests {
             subscribers: 2,
             history_events: 3,
             max_subscribers: 10,
+            log_up: None,
         });
         for line in [
             "# TYPE ssehub_subscribers gauge\nssehub_subscribers 2\n",
@@ -108,5 +119,13 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
+        assert!(!text.contains("ssehub_redis_up"));
+        let text = m.render(&Gauges {
+            subscribers: 0,
+            history_events: 0,
+            max_subscribers: 10,
+            log_up: Some(false),
+        });
+        assert!(text.contains("# TYPE ssehub_redis_up gauge\nssehub_redis_up 0\n"));
     }
 }

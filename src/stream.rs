@@ -181,6 +181,24 @@ fn check(sub: &Subscription<'_>) -> io::Result<Option<()>> {
     }
 }
 
+/// Answers a subscriber whose replay cannot be read now (the shared log is
+/// out of reach): the head, `retry:` and the stream end, so the client
+/// reconnects after that delay with the same last event id.
+pub fn retry_later(stream: TcpStream, p: &StreamParams) {
+    let mut w = Writer::new(stream, !p.http10);
+    let started = w
+        .stream
+        .write_all(head(p.http10, p.cors_origin).as_bytes())
+        .and_then(|()| {
+            w.push(&sse::retry(jittered(p.retry_ms)));
+            w.flush()
+        });
+    match started {
+        Ok(()) => w.finish(),
+        Err(e) => log::debug!("stream closed by client: {e}"),
+    }
+}
+
 /// Ok when the hub ended the stream, Err when the client went away.
 fn run(w: &mut Writer, sub: &Subscription<'_>, p: &StreamParams) -> io::Result<()> {
     let metrics = sub.metrics();
@@ -194,10 +212,11 @@ fn run(w: &mut Writer, sub: &Subscription<'_>, p: &StreamParams) -> io::Result<(
     }
     w.flush()?;
 
-    // Replay, then live. With an external log the queue may repeat the tail
-    // of the replay, so live frames at or below the last replayed id are
-    // skipped (ids only grow).
-    let mut last_sent = None;
+    // Replay, then live. With a shared log the queue may repeat the tail of
+    // the replay, or the client's own last event when the follower lags, so
+    // live frames at or below the last id the client has are skipped (ids
+    // only grow). After a gap that id may be from another log: no floor.
+    let mut last_sent = p.last_event_id.filter(|_| sub.replay.gap.is_none());
     for frame in &sub.replay.frames {
         if w.pending() + frame.bytes.len() > BATCH_BYTES {
             w.flush()?;

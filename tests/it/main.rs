@@ -7,6 +7,7 @@ mod browser;
 mod hostile;
 mod limits;
 mod publish;
+mod redis;
 mod replay;
 mod routes;
 mod shutdown;

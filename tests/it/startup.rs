@@ -63,7 +63,7 @@ fn bad_values_exit_2_naming_the_option() {
         (&["--max-subscribers", "0"][..], "--max-subscribers"),
         (&["--publish-token", ""][..], "--publish-token"),
         (&["--bind", "0.0.0.0:0"][..], "--allow-anonymous-publish"),
-        (&["--redis", "redis://127.0.0.1:1"][..], "--redis"),
+        (&["--redis", "http://127.0.0.1:1"][..], "--redis"),
     ] {
         let (code, _, err) = run(args, &[]);
         assert_eq!(code, 2, "{args:?}: {err}");

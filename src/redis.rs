@@ -1,0 +1,614 @@
+//! The event log on one Redis stream, shared by every process started with
+//! the same `--redis`, and the follower thread that feeds this process's
+//! subscribers from it and resumes after an outage. Nothing outside this
+//! file knows Redis exists; nothing here holds the hub lock across a call.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use redis::{Client, Connection, RedisError, RedisResult, Value};
+
+use crate::event::{self, Event, EventId, Frame, SharedFrame, TopicFilter};
+use crate::history::{EventLog, LogError, Replay};
+use crate::hub::Hub;
+
+/// The stream every process appends to and follows.
+const STREAM: &str = "ssehub:events";
+/// Entries the stream keeps at least, whatever `--history` says, so that a
+/// follower a little behind a busy stream never loses entries to trimming.
+const MIN_STREAM_LEN: usize = 1000;
+/// Entries asked for per `XREAD` and per `XRANGE` page.
+const PAGE: usize = 1000;
+/// Connections shared by publishers and replays; more callers wait for one.
+const POOL_SIZE: usize = 16;
+/// A publish or replay gives up after this, and answers 503.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one `XREAD` blocks; after each the follower refreshes the length.
+const BLOCK: Duration = Duration::from_secs(1);
+/// The follower's reconnection delay, doubled after each failure up to the cap.
+const BACKOFF_FIRST: Duration = Duration::from_millis(50);
+const BACKOFF_CAP: Duration = Duration::from_secs(2);
+
+/// Why the hub cannot start on Redis: printed to stderr, exit status 1.
+#[derive(Debug)]
+pub struct StartError {
+    /// Where Redis was looked for (no credentials), or the refused URL.
+    at: String,
+    why: String,
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "--redis: cannot use redis at {}: {}", self.at, self.why)
+    }
+}
+
+/// State the log and the follower share.
+struct Shared {
+    pool: Pool,
+    /// Set by the follower: whether its connection works.
+    up: AtomicBool,
+    /// The stream's length as the follower last read it.
+    len: AtomicUsize,
+}
+
+/// The shared event log: `XADD` to publish, `XRANGE` to replay.
+pub struct RedisLog {
+    shared: Arc<Shared>,
+    /// `--history`: 0 disables replay.
+    history: usize,
+    /// The approximate `MAXLEN` every `XADD` trims the stream to.
+    max_len: usize,
+}
+
+/// The thread-to-be that reads the stream and fans it out to this process.
+pub struct Follower {
+    shared: Arc<Shared>,
+    client: Client,
+    con: Option<Connection>,
+    /// The newest entry fanned out (or present at startup).
+    last: EventId,
+    /// The Redis server instance last connected to, to tell a restart from
+    /// a connection that merely dropped.
+    run_id: String,
+}
+
+/// Connects to Redis at `url` and reads where the stream ends, so that the
+/// follower starts exactly after what is already there.
+pub fn connect(url: &str, history: usize) -> Result<(RedisLog, Follower), StartError> {
+    let client = Client::open(url).map_err(|e| StartError {
+        // The URL may carry a password: show only its scheme.
+        at: url.split("://").next().unwrap_or("").to_string() + "://…",
+        why: e.to_string(),
+    })?;
+    let at = client.get_connection_info().addr().to_string();
+    let failed = |e: RedisError| StartError {
+        at: at.clone(),
+        why: e.to_string(),
+    };
+    let mut con = connect_with(&client, BLOCK + COMMAND_TIMEOUT).map_err(failed)?;
+    let run_id = server_run_id(&mut con).map_err(failed)?;
+    let newest: Value = redis::cmd("XREVRANGE")
+        .arg(STREAM)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query(&mut con)
+        .map_err(failed)?;
+    let last = entries(newest)
+        .last()
+        .map_or(EventId { ms: 0, seq: 0 }, |(id, _)| *id);
+    let len: usize = redis::cmd("XLEN")
+        .arg(STREAM)
+        .query(&mut con)
+        .map_err(failed)?;
+    log::info!("event log: redis stream {STREAM} at {at}, {len} entries, following after {last}");
+    let shared = Arc::new(Shared {
+        pool: Pool::new(client.clone()),
+        up: AtomicBool::new(true),
+        len: AtomicUsize::new(len),
+    });
+    let log = RedisLog {
+        shared: shared.clone(),
+        history,
+        max_len: history.max(MIN_STREAM_LEN),
+    };
+    let follower = Follower {
+        shared,
+        client,
+        con: Some(con),
+        last,
+        run_id,
+    };
+    Ok((log, follower))
+}
+
+fn connect_with(client: &Client, read_timeout: Duration) -> RedisResult<Connection> {
+    let con = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+    con.set_read_timeout(Some(read_timeout))?;
+    con.set_write_timeout(Some(COMMAND_TIMEOUT))?;
+    Ok(con)
+}
+
+/// The `run_id` of `INFO server`: it changes when Redis restarts.
+fn server_run_id(con: &mut Connection) -> RedisResult<String> {
+    let info: String = redis::cmd("INFO").arg("server").query(con)?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .unwrap_or("")
+        .trim()
+        .to_string())
+}
+
+/// What a failed call tells the publisher or subscriber (503); the cause
+/// goes to the log at debug level, as the follower reports outages itself.
+fn refused(e: RedisError) -> LogError {
+    log::debug!("redis call failed: {e}");
+    if e.is_unrecoverable_error() || e.is_timeout() || e.is_connection_refusal() {
+        LogError("redis unavailable".into())
+    } else {
+        LogError(format!("redis error: {e}"))
+    }
+}
+
+impl EventLog for RedisLog {
+    fn append(&self, event: &Event) -> Result<SharedFrame, LogError> {
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(STREAM)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.max_len)
+            .arg("*")
+            .arg("topic")
+            .arg(event.topic);
+        if let Some(name) = event.name {
+            xadd.arg("event").arg(name);
+        }
+        xadd.arg("data").arg(event.data);
+        let id: String = self.shared.pool.run(|con| xadd.query(con))?;
+        let id = id
+            .parse()
+            .map_err(|e| LogError(format!("redis gave the malformed id {id:?}: {e}")))?;
+        Ok(Arc::new(Frame::new(id, event)))
+    }
+
+    /// As `History::replay`, as far as a stream can tell: an id that is in
+    /// the stream, or the newest, is no gap; any other is one, with the first
+    /// entry as `oldest_available` (Redis keeps no record of the last entry
+    /// it trimmed, so a client holding exactly that id is told of a gap too).
+    fn replay(&self, last: EventId, topics: &TopicFilter) -> Result<Replay, LogError> {
+        let last_id = last.to_string();
+        if self.history == 0 {
+            let newest: Value = self.shared.pool.run(|con| {
+                redis::cmd("XREVRANGE")
+                    .arg(STREAM)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query(con)
+            })?;
+            let is_newest = entries(newest).first().is_some_and(|(id, _)| *id == last);
+            return Ok(Replay {
+                gap: (!is_newest).then_some(None),
+                frames: Vec::new(),
+            });
+        }
+        let (found, first, mut page): (Value, Value, Value) = self.shared.pool.run(|con| {
+            redis::pipe()
+                .cmd("XRANGE")
+                .arg(STREAM)
+                .arg(&last_id)
+                .arg(&last_id)
+                .cmd("XRANGE")
+                .arg(STREAM)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(1)
+                .cmd("XRANGE")
+                .arg(STREAM)
+                .arg(format!("({last_id}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(PAGE)
+                .query(con)
+        })?;
+        let gap = entries(found)
+            .is_empty()
+            .then(|| entries(first).first().map(|(id, _)| *id));
+        let mut frames = Vec::new();
+        // Entries appended while paging were queued for this subscriber
+        // anyway (it registered first), so the pages need not chase the end
+        // of a busy stream: a bound past the stream's length is enough.
+        for _ in 0..=self.max_len / PAGE + 2 {
+            let entries = entries(page);
+            let full = entries.len() == PAGE;
+            let Some(&(after, _)) = entries.last() else {
+                break;
+            };
+            frames.extend(
+                entries
+                    .into_iter()
+                    .filter_map(decode)
+                    .filter(|f| topics.matches(&f.topic)),
+            );
+            if !full {
+                break;
+            }
+            page = self.shared.pool.run(|con| {
+                redis::cmd("XRANGE")
+                    .arg(STREAM)
+                    .arg(format!("({after}"))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(PAGE)
+                    .query(con)
+            })?;
+        }
+        Ok(Replay { gap, frames })
+    }
+
+    fn len(&self) -> usize {
+        self.shared.len.load(Ordering::Relaxed)
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn up(&self) -> bool {
+        self.shared.up.load(Ordering::Relaxed)
+    }
+}
+
+/// One stream entry: its id and its field/value list.
+type Entry = (EventId, Vec<Value>);
+
+/// The entries of an `XRANGE` reply: `[[id, [field, value, …]], …]`.
+/// Anything else is skipped: one foreign entry must not stop every process
+/// from following the stream.
+fn entries(reply: Value) -> Vec<Entry> {
+    let entry = |v: Value| -> Option<Entry> {
+        let Value::Array(mut parts) = v else {
+            return None;
+        };
+        let fields = match parts.pop()? {
+            Value::Array(fields) => fields,
+            Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+            _ => return None,
+        };
+        let id = text(parts.pop()?)?.parse().ok()?;
+        Some((id, fields))
+    };
+    match reply {
+        Value::Array(list) => list.into_iter().filter_map(entry).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The entries of an `XREAD` reply for one stream: `[[key, entries]]`, a
+/// map `{key: entries}` in RESP3, nil on timeout.
+fn read_entries(reply: Value) -> Vec<Entry> {
+    let streams: Vec<Value> = match reply {
+        Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|kv| match kv {
+                Value::Array(mut kv) if kv.len() == 2 => kv.pop(),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(streams) => streams.into_iter().map(|(_, v)| v).collect(),
+        _ => Vec::new(),
+    };
+    streams.into_iter().flat_map(entries).collect()
+}
+
+fn text(v: Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// An entry as a frame, checked as `POST /events` checks a publish, so a
+/// foreign entry cannot inject fields into the event stream.
+fn decode((id, fields): Entry) -> Option<SharedFrame> {
+    let (mut topic, mut name, mut data) = (None, None, None);
+    let mut it = fields.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        match text(k).as_deref() {
+            Some("topic") => topic = text(v),
+            Some("event") => name = text(v),
+            Some("data") => data = text(v),
+            _ => {}
+        }
+    }
+    let valid = topic
+        .as_deref()
+        .is_some_and(|t| event::check_name("topic", t).is_ok())
+        && name
+            .as_deref()
+            .is_none_or(|n| event::check_event_name(n).is_ok())
+        && data.is_some();
+    if !valid {
+        log::warn!("skipped stream entry {id}: not an ssehub event");
+        return None;
+    }
+    let (topic, data) = (topic?, data?);
+    Some(Arc::new(Frame::new(
+        id,
+        &Event::new(&topic, name.as_deref(), &data),
+    )))
+}
+
+impl Follower {
+    /// Starts the follower thread: it runs for the life of the process.
+    pub fn start(self, hub: Arc<Hub>) -> std::io::Result<thread::JoinHandle<()>> {
+        thread::Builder::new()
+            .name("redis-follower".into())
+            .stack_size(256 * 1024)
+            .spawn(move || self.run(&hub))
+    }
+
+    fn run(mut self, hub: &Hub) {
+        let mut backoff = BACKOFF_FIRST;
+        loop {
+            let mut con = match self.con.take() {
+                Some(con) => con,
+                None => match self.reconnect(hub) {
+                    Ok(con) => {
+                        log::info!("redis is back: following after {}", self.last);
+                        backoff = BACKOFF_FIRST;
+                        con
+                    }
+                    Err(e) => {
+                        log::debug!("redis still unreachable: {e}; next try in {backoff:?}");
+                        thread::sleep(backoff);
+                        backoff = (backoff * 2).min(BACKOFF_CAP);
+                        continue;
+                    }
+                },
+            };
+            self.shared.up.store(true, Ordering::Relaxed);
+            let Err(e) = self.follow(&mut con, hub);
+            self.shared.up.store(false, Ordering::Relaxed);
+            self.shared.pool.discard_idle();
+            log::warn!(
+                "redis unreachable ({e}): publishing answers 503 until it is back; \
+                 open streams stay open"
+            );
+        }
+    }
+
+    /// Reads the stream after `last` and fans each batch out, until a call
+    /// fails.
+    fn follow(&mut self, con: &mut Connection, hub: &Hub) -> Result<Infallible, RedisError> {
+        loop {
+            let reply: Value = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(PAGE)
+                .arg("BLOCK")
+                .arg(BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(STREAM)
+                .arg(self.last.to_string())
+                .query(con)?;
+            let batch = read_entries(reply);
+            if let Some(&(newest, _)) = batch.last() {
+                self.last = newest;
+                let frames: Vec<SharedFrame> = batch.into_iter().filter_map(decode).collect();
+                hub.fan_out_followed(&frames);
+            }
+            let len: usize = redis::cmd("XLEN").arg(STREAM).query(con)?;
+            self.shared.len.store(len, Ordering::Relaxed);
+        }
+    }
+
+    /// A new connection after an outage. If the same Redis trimmed entries
+    /// after `last` meanwhile, this process's subscribers missed them: their
+    /// streams are ended, so they reconnect, replay, and learn of the gap.
+    /// A restarted Redis kept what it kept; the follower goes on after
+    /// `last` either way.
+    fn reconnect(&mut self, hub: &Hub) -> RedisResult<Connection> {
+        let mut con = connect_with(&self.client, BLOCK + COMMAND_TIMEOUT)?;
+        let run_id = server_run_id(&mut con)?;
+        let same_server = run_id == self.run_id;
+        self.run_id = run_id;
+        if same_server {
+            let last = self.last.to_string();
+            let (found, first): (Value, Value) = redis::pipe()
+                .cmd("XRANGE")
+                .arg(STREAM)
+                .arg(&last)
+                .arg(&last)
+                .cmd("XRANGE")
+                .arg(STREAM)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(1)
+                .query(&mut con)?;
+            let trimmed = entries(found).is_empty()
+                && entries(first)
+                    .first()
+                    .is_some_and(|(first, _)| *first > self.last);
+            if trimmed {
+                let ended = hub.end_streams();
+                log::warn!(
+                    "entries after {last} were trimmed while redis was unreachable: \
+                     ended {ended} streams so their clients replay and see the gap"
+                );
+            }
+        }
+        Ok(con)
+    }
+}
+
+/// A few connections for request threads; one that failed is closed, not
+/// reused.
+struct Pool {
+    client: Client,
+    slots: Mutex<Slots>,
+    freed: Condvar,
+}
+
+#[derive(Default)]
+struct Slots {
+    idle: Vec<Connection>,
+    /// Connections in use or idle.
+    open: usize,
+}
+
+impl Pool {
+    fn new(client: Client) -> Pool {
+        Pool {
+            client,
+            slots: Mutex::new(Slots::default()),
+            freed: Condvar::new(),
+        }
+    }
+
+    fn slots(&self) -> MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `call` on a pooled connection, waiting at most the command
+    /// timeout for one to be free.
+    fn run<T>(&self, call: impl FnOnce(&mut Connection) -> RedisResult<T>) -> Result<T, LogError> {
+        let mut con = self.take()?;
+        let result = call(&mut con);
+        let reusable = match &result {
+            Ok(_) => true,
+            Err(e) => !(e.is_unrecoverable_error() || e.is_timeout()),
+        };
+        let mut slots = self.slots();
+        if reusable {
+            slots.idle.push(con);
+        } else {
+            slots.open -= 1;
+        }
+        drop(slots);
+        self.freed.notify_one();
+        result.map_err(refused)
+    }
+
+    fn take(&self) -> Result<Connection, LogError> {
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        let mut slots = self.slots();
+        loop {
+            if let Some(con) = slots.idle.pop() {
+                return Ok(con);
+            }
+            if slots.open < POOL_SIZE {
+                slots.open += 1;
+                drop(slots);
+                return connect_with(&self.client, COMMAND_TIMEOUT).map_err(|e| {
+                    self.slots().open -= 1;
+                    self.freed.notify_one();
+                    refused(e)
+                });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(LogError("redis busy: every connection is in use".into()));
+            }
+            slots = self
+                .freed
+                .wait_timeout(slots, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Closes the idle connections: after an outage they are dead.
+    fn discard_idle(&self) {
+        let mut slots = self.slots();
+        slots.open -= slots.idle.len();
+        slots.idle.clear();
+        drop(slots);
+        self.freed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn entry(id: &str, fields: &[&str]) -> Value {
+        Value::Array(vec![
+            bulk(id),
+            Value::Array(fields.iter().map(|f| bulk(f)).collect()),
+        ])
+    }
+
+    fn id(ms: u64, seq: u64) -> EventId {
+        EventId { ms, seq }
+    }
+
+    #[test]
+    fn xrange_replies_parse() {
+        let reply = Value::Array(vec![
+            entry("5-0", &["topic", "a", "data", "x"]),
+            entry("5-1", &["topic", "b", "data", "y"]),
+        ]);
+        let ids: Vec<EventId> = entries(reply).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, [id(5, 0), id(5, 1)]);
+        assert!(entries(Value::Array(vec![])).is_empty());
+        assert!(entries(Value::Nil).is_empty());
+    }
+
+    #[test]
+    fn xread_replies_parse() {
+        let stream = Value::Array(vec![entry("7-3", &["topic", "a", "data", "x"])]);
+        let resp2 = Value::Array(vec![Value::Array(vec![bulk(STREAM), stream.clone()])]);
+        assert_eq!(read_entries(resp2)[0].0, id(7, 3));
+        let resp3 = Value::Map(vec![(bulk(STREAM), stream)]);
+        assert_eq!(read_entries(resp3)[0].0, id(7, 3));
+        assert!(read_entries(Value::Nil).is_empty());
+    }
+
+    #[test]
+    fn entries_decode_to_frames_once_encoded() {
+        let frame = decode((
+            id(9, 1),
+            ["topic", "orders", "event", "created", "data", "a\nb"]
+                .map(bulk)
+                .to_vec(),
+        ))
+        .unwrap();
+        assert_eq!(&*frame.topic, "orders");
+        assert_eq!(
+            std::str::from_utf8(&frame.bytes).unwrap(),
+            "id: 9-1\nevent: created\ndata: a\ndata: b\n\n"
+        );
+        let plain = decode((id(9, 2), ["data", "x", "topic", "t"].map(bulk).to_vec())).unwrap();
+        assert_eq!(&*plain.bytes, b"id: 9-2\ndata: x\n\n");
+    }
+
+    #[test]
+    fn foreign_entries_are_skipped() {
+        for fields in [
+            &["data", "x"][..],
+            &["topic", "t"],
+            &["topic", "a\nb", "data", "x"],
+            &["topic", "t", "event", "ssehub:gap", "data", "x"],
+            &["topic", "t", "event", "a\rid: 1", "data", "x"],
+        ] {
+            let values = fields.iter().map(|f| bulk(f)).collect();
+            assert!(decode((id(1, 0), values)).is_none(), "{fields:?}");
+        }
+    }
+}

@@ -1,0 +1,546 @@
+//! Several hubs on one Redis (issue 7): a real `redis-server` of the test's
+//! own on a free loopback port, two ssehub processes on it, and what their
+//! clients receive. Under `CI=true` a missing `redis-server` fails the test.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::harness::{id_pair, json_field, poll, unique, Event, Hub, Sub};
+
+/// A `redis-server` on loopback that saves nothing unless stopped with
+/// `stop(true)`; killed and reaped on drop, its directory removed.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Redis {
+    /// None when `redis-server` is not installed and this is not CI.
+    fn start() -> Option<Redis> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_err()
+        {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "redis-server is missing (`make deps` installs it)"
+            );
+            eprintln!("skipped: redis-server is not installed (`make deps` installs it)");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "ssehub-test-redis-{}-{}",
+            std::process::id(),
+            unique()
+        ));
+        std::fs::create_dir_all(&dir).expect("redis directory");
+        let mut redis = Redis {
+            child: None,
+            port: 0,
+            dir,
+        };
+        // A free port can be taken between our probe and Redis's bind: try
+        // a few.
+        for _ in 0..5 {
+            redis.port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            if redis.spawn() {
+                return Some(redis);
+            }
+        }
+        panic!("redis-server did not start");
+    }
+
+    /// Starts the server on `self.port`; false if it exited (port taken).
+    fn spawn(&mut self) -> bool {
+        let port = self.port.to_string();
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if child.try_wait().expect("try_wait").is_some() {
+                return false;
+            }
+            if self.try_command(&["PING"]).as_deref() == Some("+PONG") {
+                self.child = Some(child);
+                return true;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends one command and returns the first line of the reply.
+    fn try_command(&self, args: &[&str]) -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes()).ok()?;
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        while !reply.ends_with(b"\r\n") {
+            if s.read(&mut byte).ok()? == 0 {
+                break;
+            }
+            reply.push(byte[0]);
+        }
+        Some(String::from_utf8_lossy(&reply).trim_end().to_string())
+    }
+
+    /// Sends `commands` in one write, so Redis runs them back to back, and
+    /// waits until it has.
+    fn pipeline(&self, commands: &[&[&str]]) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to redis");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut req = String::new();
+        for args in commands.iter().chain([&["PING"][..]].iter()) {
+            req.push_str(&format!("*{}\r\n", args.len()));
+            for a in *args {
+                req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+            }
+        }
+        s.write_all(req.as_bytes()).unwrap();
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 512];
+        while !reply.ends_with(b"+PONG\r\n") {
+            let n = s.read(&mut buf).expect("redis replies");
+            assert!(n > 0, "redis closed: {}", String::from_utf8_lossy(&reply));
+            reply.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// Stops the server; with `save` it writes its data first, and `restart`
+    /// loads it back.
+    fn stop(&mut self, save: bool) {
+        let mut child = self.child.take().expect("redis running");
+        if save {
+            self.try_command(&["SHUTDOWN", "SAVE"]);
+        } else {
+            let _ = child.kill();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().expect("try_wait").is_none() {
+            assert!(Instant::now() < deadline, "redis-server did not stop");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts the server again on the same port.
+    fn restart(&mut self) {
+        assert!(
+            self.spawn(),
+            "redis-server did not restart on {}",
+            self.port
+        );
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn hub_on(redis: &Redis) -> Hub {
+    Hub::start(&["--redis", &redis.url(), "--heartbeat", "1"])
+}
+
+/// Opens a stream and reads its `retry:` line: it is registered.
+fn subscribe(hub: &Hub, target: &str, headers: &str) -> Sub {
+    let mut sub = hub.subscribe(target, headers);
+    assert!(sub.next_event().retry.is_some(), "retry line first");
+    sub
+}
+
+/// The ids of the next `n` events (heartbeats skipped).
+fn next_ids(sub: &mut Sub, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| sub.next_event().id.expect("an id"))
+        .collect()
+}
+
+fn increasing(ids: &[String]) -> bool {
+    ids.windows(2).all(|w| id_pair(&w[0]) < id_pair(&w[1]))
+}
+
+/// Publishes, retrying 503s until `timeout`; the id once accepted.
+fn publish_when_up(hub: &Hub, topic: &str, data: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let r = hub.post(&format!("/events?topic={topic}"), data.as_bytes(), "");
+        match r.status {
+            200 => return json_field(&r.text(), "id"),
+            503 if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            _ => panic!("publish: {} {}", r.status, r.text()),
+        }
+    }
+}
+
+#[test]
+fn a_subscriber_on_b_gets_what_a_publishes() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (hub_on(&redis), hub_on(&redis));
+    let mut on_a = subscribe(&a, "/events?topic=orders", "");
+    let mut on_b = subscribe(&b, "/events?topic=orders", "");
+    let r = a.post("/events?topic=orders&event=created", b"one\ntwo", "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = json_field(&r.text(), "id");
+    let (ms, _) = id_pair(&id);
+    assert!(ms > 1_600_000_000_000, "a Redis stream id: {id}");
+    for sub in [&mut on_b, &mut on_a] {
+        assert_eq!(
+            sub.next_event().raw,
+            format!("id: {id}\nevent: created\ndata: one\ndata: two\n\n")
+        );
+    }
+    assert_eq!(b.metric("ssehub_redis_up"), 1);
+    assert!(poll(Duration::from_secs(5), || b
+        .metric("ssehub_history_events")
+        == 1));
+}
+
+#[test]
+fn publishers_on_two_processes_give_every_subscriber_one_order() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (hub_on(&redis), hub_on(&redis));
+    let mut subs: Vec<Sub> = [&a, &a, &b, &b]
+        .iter()
+        .map(|h| subscribe(h, "/events", ""))
+        .collect();
+    const N: usize = 40;
+    let published = Mutex::new(Vec::new());
+    thread::scope(|s| {
+        for hub in [&a, &b] {
+            let published = &published;
+            s.spawn(move || {
+                for i in 0..N {
+                    let id = hub.publish("t", &format!("{}-{i}", hub.addr));
+                    published.lock().unwrap().push(id);
+                }
+            });
+        }
+    });
+    let mut published = published.into_inner().unwrap();
+    published.sort_by_key(|id| id_pair(id));
+    let seen: Vec<Vec<String>> = subs.iter_mut().map(|s| next_ids(s, 2 * N)).collect();
+    for ids in &seen {
+        assert_eq!(ids, &published, "a subscriber saw another order");
+    }
+    assert!(increasing(&seen[0]));
+}
+
+#[test]
+fn replay_on_b_of_what_a_published() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (hub_on(&redis), hub_on(&redis));
+    let ids: Vec<String> = (0..6)
+        .map(|i| a.publish(if i % 2 == 0 { "x" } else { "y" }, &format!("e{i}")))
+        .collect();
+
+    // Replay after ids[1], topic x only, then live without a seam.
+    let mut sub = b.subscribe("/events?topic=x", &format!("Last-Event-ID: {}\r\n", ids[1]));
+    sub.next_event();
+    let replayed: Vec<Event> = (0..2).map(|_| sub.next_event()).collect();
+    assert_eq!(
+        replayed
+            .iter()
+            .map(|e| (e.id.clone().unwrap(), e.data.clone()))
+            .collect::<Vec<_>>(),
+        [(ids[2].clone(), "e2".into()), (ids[4].clone(), "e4".into())]
+    );
+    let live = a.publish("x", "e6");
+    assert_eq!(sub.next_event().id.as_deref(), Some(live.as_str()));
+
+    // The query parameter, and the newest id: nothing owed.
+    let mut sub = b.subscribe(&format!("/events?lastEventId={live}"), "");
+    sub.next_event();
+    let next = a.publish("y", "e7");
+    assert_eq!(sub.next_event().id, Some(next));
+
+    // An id older than the stream: a gap, then everything retained.
+    let mut sub = b.subscribe("/events", "Last-Event-ID: 1-0\r\n");
+    sub.next_event();
+    let gap = sub.next_event();
+    assert_eq!(gap.event.as_deref(), Some("ssehub:gap"), "{}", gap.raw);
+    assert_eq!(gap.id, None);
+    assert_eq!(
+        gap.data,
+        format!(
+            r#"{{"last_event_id":"1-0","oldest_available":"{}"}}"#,
+            ids[0]
+        )
+    );
+    assert_eq!(next_ids(&mut sub, 6), ids);
+}
+
+#[test]
+fn the_replay_live_seam_holds_while_another_process_publishes() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (hub_on(&redis), hub_on(&redis));
+    const N: usize = 150;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let a = &a;
+    thread::scope(|s| {
+        // Moved in, so the channel ends when the publisher is done.
+        s.spawn(move || {
+            for i in 0..N {
+                tx.send(a.publish("t", &format!("e{i}"))).unwrap();
+            }
+        });
+        let early: Vec<String> = (0..30).map(|_| rx.recv().unwrap()).collect();
+        let mut sub = b.subscribe("/events", &format!("Last-Event-ID: {}\r\n", early[19]));
+        sub.next_event();
+        let rest: Vec<String> = rx.iter().collect();
+        let expected: Vec<String> = early[20..].iter().chain(&rest).cloned().collect();
+        assert_eq!(next_ids(&mut sub, expected.len()), expected);
+    });
+}
+
+#[test]
+fn a_restarted_process_replays_history_from_redis() {
+    let Some(redis) = Redis::start() else { return };
+    let a = hub_on(&redis);
+    let ids: Vec<String> = (0..3).map(|i| a.publish("t", &format!("e{i}"))).collect();
+    let args = a.args[2..].to_vec();
+    let bind = a.addr;
+    drop(a);
+    let a = Hub::start_with(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        crate::harness::Start {
+            bind: Some(bind),
+            ..Default::default()
+        },
+    );
+    let mut sub = a.subscribe("/events", &format!("Last-Event-ID: {}\r\n", ids[0]));
+    sub.next_event();
+    assert_eq!(next_ids(&mut sub, 2), ids[1..]);
+    let next = a.publish("t", "after restart");
+    assert!(id_pair(&next) > id_pair(&ids[2]), "{next} after {ids:?}");
+    assert_eq!(sub.next_event().id, Some(next));
+}
+
+#[test]
+fn a_redis_outage_refuses_publishing_keeps_streams_and_resumes() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let (a, b) = (hub_on(&redis), hub_on(&redis));
+    let mut on_a = subscribe(&a, "/events", "");
+    let mut on_b = subscribe(&b, "/events", "");
+    let before: Vec<String> = (0..2).map(|i| a.publish("t", &format!("e{i}"))).collect();
+    assert_eq!(next_ids(&mut on_a, 2), before);
+    assert_eq!(next_ids(&mut on_b, 2), before);
+
+    redis.stop(true);
+    for hub in [&a, &b] {
+        assert!(
+            poll(Duration::from_secs(5), || hub.metric("ssehub_redis_up")
+                == 0),
+            "ssehub_redis_up stayed 1"
+        );
+        let health = hub.get("/healthz");
+        assert_eq!(
+            (health.status, health.text().trim()),
+            (503, "event log down")
+        );
+    }
+    let refused = a.post("/events?topic=t", b"lost", "");
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.error(), "redis unavailable");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    // A replay needs Redis: the stream only says when to come back.
+    let mut replay = b.subscribe("/events", &format!("Last-Event-ID: {}\r\n", before[0]));
+    assert!(replay.next_event().retry.is_some());
+    assert!(
+        replay.ends_cleanly(Duration::from_secs(5)),
+        "replay stream not ended"
+    );
+    // Open streams stay open: heartbeats keep coming.
+    for sub in [&mut on_a, &mut on_b] {
+        assert_eq!(sub.next_block(), ":\n\n");
+        assert_eq!(sub.next_block(), ":\n\n");
+    }
+    let mut fresh = subscribe(&b, "/events", "");
+
+    redis.restart();
+    let after = publish_when_up(&b, "t", "back", Duration::from_secs(15));
+    for sub in [&mut on_a, &mut on_b, &mut fresh] {
+        let ev = sub.next_event();
+        assert_eq!(
+            (ev.id.as_deref(), ev.data.as_str()),
+            (Some(after.as_str()), "back"),
+            "nothing twice, nothing lost: {}",
+            String::from_utf8_lossy(&sub.received)
+        );
+    }
+    for hub in [&a, &b] {
+        assert!(poll(Duration::from_secs(5), || hub.get("/healthz").status == 200));
+        assert_eq!(hub.metric("ssehub_redis_up"), 1);
+    }
+    // What Redis kept through the restart still replays.
+    let mut late = a.subscribe("/events", &format!("Last-Event-ID: {}\r\n", before[0]));
+    late.next_event();
+    assert_eq!(next_ids(&mut late, 2), [before[1].clone(), after]);
+}
+
+#[test]
+fn followers_resume_after_their_connections_drop() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (hub_on(&redis), hub_on(&redis));
+    let mut subs: Vec<Sub> = [&a, &b]
+        .iter()
+        .map(|h| subscribe(h, "/events", ""))
+        .collect();
+    const N: usize = 60;
+    let done = AtomicUsize::new(0);
+    let accepted = Mutex::new(Vec::new());
+    thread::scope(|s| {
+        for hub in [&a, &b] {
+            let (done, accepted) = (&done, &accepted);
+            s.spawn(move || {
+                for i in 0..N {
+                    let id = publish_when_up(hub, "t", &format!("e{i}"), Duration::from_secs(15));
+                    accepted.lock().unwrap().push(id);
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        // Drop every client connection (followers and publishers) a few
+        // times while both processes publish.
+        for k in 1..=4 {
+            assert!(poll(Duration::from_secs(20), || done
+                .load(Ordering::Relaxed)
+                >= k * N / 3));
+            let killed = redis.try_command(&["CLIENT", "KILL", "TYPE", "normal"]);
+            assert!(
+                killed.as_deref().is_some_and(|r| r.starts_with(':')),
+                "{killed:?}"
+            );
+        }
+    });
+    let mut accepted = accepted.into_inner().unwrap();
+    accepted.sort_by_key(|id| id_pair(id));
+    let newest = accepted.last().unwrap().clone();
+    // A publish cut off after Redis took it was answered 503 and is still
+    // delivered: compare everything up to the newest accepted id.
+    let seen: Vec<Vec<String>> = subs
+        .iter_mut()
+        .map(|sub| {
+            let mut ids = Vec::new();
+            while ids.last() != Some(&newest) {
+                ids.push(sub.next_event().id.expect("an id"));
+            }
+            ids
+        })
+        .collect();
+    assert_eq!(seen[0], seen[1], "both processes delivered one order");
+    assert!(increasing(&seen[0]));
+    for id in &accepted {
+        assert!(seen[0].contains(id), "accepted {id} never delivered");
+    }
+}
+
+#[test]
+fn a_follower_that_missed_trimmed_entries_ends_its_streams() {
+    let Some(redis) = Redis::start() else { return };
+    let a = hub_on(&redis);
+    let mut sub = subscribe(&a, "/events", "");
+    let seen = a.publish("t", "seen");
+    assert_eq!(sub.next_event().id.as_deref(), Some(seen.as_str()));
+    // While the follower is cut off, two entries arrive and the stream is
+    // trimmed to the newest: it can never read the first.
+    let (ms, _) = id_pair(&seen);
+    let (missed, kept) = (format!("{}-0", ms + 1), format!("{}-0", ms + 2));
+    redis.pipeline(&[
+        &["CLIENT", "KILL", "TYPE", "normal"],
+        &[
+            "XADD",
+            "ssehub:events",
+            &missed,
+            "topic",
+            "t",
+            "data",
+            "missed",
+        ],
+        &["XADD", "ssehub:events", &kept, "topic", "t", "data", "kept"],
+        &["XTRIM", "ssehub:events", "MAXLEN", "1"],
+    ]);
+    assert!(
+        sub.ends_cleanly(Duration::from_secs(10)),
+        "stream not ended: {}",
+        String::from_utf8_lossy(&sub.received)
+    );
+    assert!(
+        a.wait_log("were trimmed", Duration::from_secs(5)),
+        "{}",
+        a.log()
+    );
+    // The client reconnects with its last id and learns of the gap.
+    let mut sub = subscribe(&a, "/events", &format!("Last-Event-ID: {seen}\r\n"));
+    let gap = sub.next_event();
+    assert_eq!(
+        (gap.event.as_deref(), gap.data),
+        (
+            Some("ssehub:gap"),
+            format!(r#"{{"last_event_id":"{seen}","oldest_available":"{kept}"}}"#)
+        )
+    );
+    assert_eq!(sub.next_event().id, Some(kept));
+}
+
+#[test]
+fn unreachable_redis_at_start_exits_1_naming_it() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let out = Command::new(env!("CARGO_BIN_EXE_ssehub"))
+        .args(["--bind", "127.0.0.1:0", "--redis"])
+        .arg(format!("redis://:pw-SECRET@127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ssehub");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("--redis: cannot use redis at 127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(
+        !err.contains("listening on") && !err.contains("SECRET"),
+        "{err}"
+    );
+}
