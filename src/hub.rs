@@ -4,7 +4,7 @@
 //! HTTP types, never blocks while holding the lock (a shared log's I/O
 //! happens outside it).
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -42,18 +42,42 @@ struct Subscriber {
     key: u64,
     topics: TopicFilter,
     tx: Sender<SharedFrame>,
-    state: Arc<AtomicU8>,
+    shared: Arc<Shared>,
+}
+
+/// What a subscriber's stream thread and the hub both see.
+#[derive(Debug, Default)]
+struct Shared {
+    /// `LIVE`, or why the hub let go.
+    state: AtomicU8,
+    /// The stream thread is inside a socket write: a write that stays here
+    /// means the client is not taking data.
+    writing: AtomicBool,
 }
 
 const LIVE: u8 = 0;
 const RELEASED: u8 = 1;
 const GONE: u8 = 2;
 
+/// A stream thread that is not stuck in a write but merely waiting for a
+/// CPU (they run at the lowest priority) may fall this many times
+/// `--client-queue` behind before it is evicted anyway.
+const STARVED_FACTOR: usize = 4;
+
 impl Subscriber {
     /// Marks why the hub let go; dropping the subscriber then drops its
     /// sender, which wakes the stream thread.
     fn end(&self, why: u8) {
-        self.state.store(why, Ordering::Release);
+        self.shared.state.store(why, Ordering::Release);
+    }
+
+    /// Too far behind: `--client-queue` events queued while its client is
+    /// not taking data, or far more than that in any case.
+    fn behind(&self, queue: usize) -> bool {
+        let queued = self.tx.len();
+        queued >= queue
+            && (self.shared.writing.load(Ordering::Relaxed)
+                || queued >= queue.saturating_mul(STARVED_FACTOR))
     }
 }
 
@@ -102,18 +126,24 @@ pub struct Subscription<'a> {
     key: u64,
     pub rx: Receiver<SharedFrame>,
     pub replay: Replay,
-    state: Arc<AtomicU8>,
+    shared: Arc<Shared>,
 }
 
 impl Subscription<'_> {
     /// Set once the hub has let go of this subscriber: its stream should end
     /// now, without writing what is still queued.
     pub fn ended(&self) -> Option<Ending> {
-        match self.state.load(Ordering::Acquire) {
+        match self.shared.state.load(Ordering::Acquire) {
             LIVE => None,
             RELEASED => Some(Ending::Released),
             _ => Some(Ending::Gone),
         }
+    }
+
+    /// Tells the hub whether the stream thread is inside a socket write; one
+    /// that stays there while events pile up is evicted.
+    pub fn set_writing(&self, writing: bool) {
+        self.shared.writing.store(writing, Ordering::Relaxed);
     }
 
     /// Identifies this subscriber to `Hub::hang_up`.
@@ -242,7 +272,7 @@ impl Hub {
             if !s.topics.matches(&frame.topic) {
                 return true;
             }
-            if s.tx.len() >= queue {
+            if s.behind(queue) {
                 s.end(RELEASED);
                 evicted += 1;
                 return false;
@@ -286,7 +316,7 @@ impl Hub {
         };
         let replay_later = last.filter(|_| shared).map(|last| (last, topics.clone()));
         let (tx, rx) = crossbeam_channel::unbounded();
-        let state = Arc::new(AtomicU8::new(LIVE));
+        let shared = Arc::new(Shared::default());
         let key = inner.next_key;
         inner.next_key += 1;
         inner.streams += 1;
@@ -294,7 +324,7 @@ impl Hub {
             key,
             topics,
             tx,
-            state: state.clone(),
+            shared: shared.clone(),
         });
         drop(inner);
         let mut sub = Subscription {
@@ -302,7 +332,7 @@ impl Hub {
             key,
             rx,
             replay,
-            state,
+            shared,
         };
         if let Some((last, topics)) = replay_later {
             // On failure `sub` is dropped, which unregisters it.
@@ -410,9 +440,10 @@ mod tests {
     }
 
     #[test]
-    fn a_subscriber_too_far_behind_is_evicted() {
+    fn a_subscriber_stuck_in_a_write_is_evicted() {
         let hub = hub(10, 2);
         let slow = hub.subscribe(TopicFilter::All, None).unwrap();
+        slow.set_writing(true);
         for _ in 0..2 {
             assert_eq!(hub.publish("t", None, "x").unwrap().receivers, 1);
         }
@@ -432,6 +463,18 @@ mod tests {
         assert_eq!(sub.replay.frames.len(), 1);
         assert_eq!(sub.rx.len(), 1);
         assert!(sub.replay.frames[0].id < sub.rx.try_recv().unwrap().id);
+    }
+
+    #[test]
+    fn a_subscriber_waiting_for_cpu_gets_more_room() {
+        let hub = hub(10, 2);
+        let starved = hub.subscribe(TopicFilter::All, None).unwrap();
+        for _ in 0..2 * STARVED_FACTOR {
+            assert_eq!(hub.publish("t", None, "x").unwrap().receivers, 1);
+        }
+        assert_eq!(starved.ended(), None);
+        assert_eq!(hub.publish("t", None, "x").unwrap().receivers, 0);
+        assert_eq!(starved.ended(), Some(Ending::Released));
     }
 
     #[test]

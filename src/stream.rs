@@ -203,6 +203,14 @@ pub fn retry_later(stream: TcpStream, p: &StreamParams) {
 fn run(w: &mut Writer, sub: &Subscription<'_>, p: &StreamParams) -> io::Result<()> {
     let metrics = sub.metrics();
     let delivered = |n: u64| Metrics::add(&metrics.delivered, n);
+    // The hub evicts a subscriber whose thread stays inside a write while
+    // events pile up: its client is not taking data.
+    let flush = |w: &mut Writer| {
+        sub.set_writing(true);
+        let written = w.flush();
+        sub.set_writing(false);
+        written
+    };
 
     w.stream
         .write_all(head(p.http10, p.cors_origin).as_bytes())?;
@@ -210,7 +218,7 @@ fn run(w: &mut Writer, sub: &Subscription<'_>, p: &StreamParams) -> io::Result<(
     if let (Some(last), Some(oldest)) = (p.last_event_id, sub.replay.gap) {
         w.push(&sse::gap(last, oldest));
     }
-    w.flush()?;
+    flush(w)?;
 
     // Replay, then live. With a shared log the queue may repeat the tail of
     // the replay, or the client's own last event when the follower lags, so
@@ -219,13 +227,13 @@ fn run(w: &mut Writer, sub: &Subscription<'_>, p: &StreamParams) -> io::Result<(
     let mut last_sent = p.last_event_id.filter(|_| sub.replay.gap.is_none());
     for frame in &sub.replay.frames {
         if w.pending() + frame.bytes.len() > BATCH_BYTES {
-            w.flush()?;
+            flush(w)?;
         }
         w.push(&frame.bytes);
         last_sent = Some(frame.id);
         delivered(1);
     }
-    w.flush()?;
+    flush(w)?;
 
     let take = |w: &mut Writer, f: &SharedFrame, last_sent: &mut Option<EventId>| -> u64 {
         if last_sent.is_some_and(|l| f.id <= l) {
@@ -251,7 +259,7 @@ fn run(w: &mut Writer, sub: &Subscription<'_>, p: &StreamParams) -> io::Result<(
                 if let Some(done) = check(sub)? {
                     return Ok(done);
                 }
-                w.flush()?;
+                flush(w)?;
                 delivered(n);
             }
             Err(RecvTimeoutError::Timeout) => {
@@ -259,7 +267,7 @@ fn run(w: &mut Writer, sub: &Subscription<'_>, p: &StreamParams) -> io::Result<(
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
                 w.push(sse::HEARTBEAT);
-                w.flush()?;
+                flush(w)?;
             }
             Err(RecvTimeoutError::Disconnected) => return check(sub).map(|_| ()),
         }

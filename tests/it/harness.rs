@@ -415,23 +415,35 @@ pub fn read_response(s: &mut TcpStream) -> std::io::Result<Response> {
 }
 
 /// Decodes an HTTP/1.1 chunked body one chunk at a time.
+/// It buffers what it reads: use it only where nothing else reads the
+/// socket afterwards (a stream, or a response on a closing connection).
 #[derive(Default)]
 pub struct Chunked {
     pub ended: bool,
+    raw: Vec<u8>,
 }
 
 impl Chunked {
-    fn line(s: &mut TcpStream) -> std::io::Result<String> {
-        let mut line = Vec::new();
-        let mut byte = [0u8; 1];
-        while !line.ends_with(b"\r\n") {
-            if read_some(s, &mut byte)? == 0 {
-                return Err(ErrorKind::UnexpectedEof.into());
+    /// Reads more raw bytes; an error at EOF.
+    fn more(&mut self, s: &mut TcpStream) -> std::io::Result<()> {
+        let mut b = [0u8; 65536];
+        match read_some(s, &mut b)? {
+            0 => Err(ErrorKind::UnexpectedEof.into()),
+            n => {
+                self.raw.extend_from_slice(&b[..n]);
+                Ok(())
             }
-            line.push(byte[0]);
         }
-        line.truncate(line.len() - 2);
-        Ok(String::from_utf8(line).expect("ASCII chunk line"))
+    }
+
+    fn line(&mut self, s: &mut TcpStream) -> std::io::Result<String> {
+        loop {
+            if let Some(i) = self.raw.windows(2).position(|w| w == b"\r\n") {
+                let line: Vec<u8> = self.raw.drain(..i + 2).take(i).collect();
+                return Ok(String::from_utf8(line).expect("ASCII chunk line"));
+            }
+            self.more(s)?;
+        }
     }
 
     /// The next chunk's data; None after the terminating zero chunk.
@@ -439,14 +451,16 @@ impl Chunked {
         if self.ended {
             return Ok(None);
         }
-        let size = usize::from_str_radix(&Self::line(s)?, 16).expect("chunk size");
+        let size = usize::from_str_radix(&self.line(s)?, 16).expect("chunk size");
         if size == 0 {
-            assert_eq!(Self::line(s)?, "", "no trailer expected");
+            assert_eq!(self.line(s)?, "", "no trailer expected");
             self.ended = true;
             return Ok(None);
         }
-        let mut data = vec![0; size + 2];
-        s.read_exact(&mut data)?;
+        while self.raw.len() < size + 2 {
+            self.more(s)?;
+        }
+        let mut data: Vec<u8> = self.raw.drain(..size + 2).collect();
         assert_eq!(&data[size..], b"\r\n", "chunk not followed by CRLF");
         data.truncate(size);
         Ok(Some(data))
