@@ -162,6 +162,12 @@ fn lower_priority() {
 /// the subscription is dropped (shutdown waits for that drop).
 pub fn serve(stream: TcpStream, sub: Subscription<'_>, p: &StreamParams) {
     lower_priority();
+    // A client that vanishes without a FIN or RST (a phone that lost its
+    // network, a NAT that forgot the flow) never acknowledges the next
+    // heartbeat; the kernel gives up on it after another heartbeat instead
+    // of ~15 minutes of retransmissions, and the hang-up watch sees the
+    // error. A client that is alive acknowledges even with a full window.
+    let _ = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(p.heartbeat));
     p.hangups.watch(&stream, sub.key());
     let mut w = Writer::new(stream, !p.http10);
     match run(&mut w, &sub, p) {

@@ -6,6 +6,7 @@ mod access;
 mod browser;
 mod hostile;
 mod limits;
+mod netns;
 mod publish;
 mod redis;
 mod replay;

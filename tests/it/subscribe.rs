@@ -158,3 +158,38 @@ fn http10_subscribers_get_an_unchunked_stream_that_closes() {
     let id = hub.publish("t", "old client");
     assert_eq!(sub.next_block(), format!("id: {id}\ndata: old client\n\n"));
 }
+
+#[test]
+fn a_peer_that_vanishes_silently_is_released_within_two_heartbeats() {
+    let Some(net) = crate::netns::TestNet::create() else {
+        return;
+    };
+    let hub = Hub::start_with(
+        &["--heartbeat", "1", "--allow-anonymous-publish"],
+        crate::harness::Start {
+            bind: Some(std::net::SocketAddr::new(net.host_ip, 0)),
+            ..Default::default()
+        },
+    );
+    let s = net.connect_from_inside(hub.addr);
+    use std::io::Write;
+    (&s).write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut sub = crate::harness::Sub::open(s);
+    sub.next_block();
+    assert_eq!(hub.metric("ssehub_subscribers"), 1);
+    // No FIN, no RST: the client's packets simply stop.
+    net.cut();
+    let cut_at = Instant::now();
+    assert!(
+        poll(Duration::from_secs(6), || hub.metric("ssehub_subscribers")
+            == 0),
+        "a silent peer still held its slot after {:?}",
+        cut_at.elapsed()
+    );
+    assert!(
+        cut_at.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        cut_at.elapsed()
+    );
+}
