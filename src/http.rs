@@ -1,14 +1,15 @@
 //! Routing: method + path, query, headers and body → domain values, and
-//! every refusal → status + reason in one place. Plain responses are
-//! serialised by tiny_http's `Response`; event streams go to `stream.rs`.
+//! every refusal → status + reason in one place. Plain responses are written
+//! here from tiny_http's `Header` and `StatusCode`; event streams go to
+//! `stream.rs`.
 //! No business rules beyond checking input.
 
-use std::io::{self, BufWriter, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use tiny_http::{HTTPVersion, Header, Method, Response, StatusCode};
+use tiny_http::{Header, Method, StatusCode};
 
 use crate::config::Config;
 use crate::event::{self, EventId, TopicFilter};
@@ -122,30 +123,48 @@ fn shown(s: &str) -> String {
     out
 }
 
-fn send(conn: &mut Conn, head: Option<&Head>, reply: Reply) -> io::Result<()> {
-    let http10 = head.is_some_and(|h| h.http10);
+/// Writes a plain response in one write; returns whether the connection
+/// stays open for a next request. Each field is a tiny_http `Header`; the
+/// head is written here because tiny_http's `Response` drops `Connection`.
+fn send(conn: &mut Conn, head: Option<&Head>, reply: Reply) -> bool {
+    let close = reply.close || head.is_none_or(|h| h.http10 || h.wants_close());
     let head_only = head.is_some_and(|h| h.method == Method::Head);
-    let header = |name: &str, value: &str| {
-        Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("ASCII header")
-    };
-    let mut response = Response::from_data(reply.body)
-        .with_status_code(StatusCode(reply.status))
-        .with_header(header("Content-Type", reply.content_type))
-        .with_header(header(
-            "Server",
-            concat!("ssehub/", env!("CARGO_PKG_VERSION")),
-        ));
-    for (name, value) in &reply.headers {
-        response.add_header(header(name, value));
-    }
-    let version = if http10 {
-        HTTPVersion(1, 0)
+    let status = StatusCode(reply.status);
+    // RFC 9110: no content, and no Content-Length, in 1xx, 204 and 304.
+    let no_content = matches!(reply.status, 100..=199 | 204 | 304);
+    let version = if head.is_some_and(|h| h.http10) {
+        "1.0"
     } else {
-        HTTPVersion(1, 1)
+        "1.1"
     };
-    let mut out = BufWriter::new(&conn.stream);
-    response.raw_print(&mut out, version, &[], head_only, None)?;
-    out.flush()
+    let mut out = Vec::with_capacity(256 + reply.body.len());
+    let _ = write!(
+        out,
+        "HTTP/{version} {} {}\r\n",
+        status.0,
+        status.default_reason_phrase()
+    );
+    let mut field = |name: &str, value: &str| {
+        let h = Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("ASCII header");
+        let _ = write!(out, "{h}\r\n");
+    };
+    field("Date", &httpdate::fmt_http_date(SystemTime::now()));
+    field("Server", concat!("ssehub/", env!("CARGO_PKG_VERSION")));
+    if !no_content {
+        field("Content-Type", reply.content_type);
+        field("Content-Length", &reply.body.len().to_string());
+    }
+    for (name, value) in &reply.headers {
+        field(name, value);
+    }
+    if close {
+        field("Connection", "close");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_only && !no_content {
+        out.extend_from_slice(&reply.body);
+    }
+    conn.stream.write_all(&out).is_ok() && !close
 }
 
 /// Serves requests on one connection until it closes or becomes a stream.
@@ -233,18 +252,15 @@ fn route(mut conn: Conn, head: Head, app: &App) -> Option<Conn> {
             let close = refusal.close || body_unread;
             let refusal = Refusal { close, ..refusal };
             let with_allow = (refusal.status == 405).then_some(allow);
-            let ok = refuse(&mut conn, Some(&head), with_allow, app, refusal);
-            return (ok && !close && !head.wants_close()).then_some(conn);
+            return refuse(&mut conn, Some(&head), with_allow, app, refusal).then_some(conn);
         }
     };
-    let close = reply.close || head.wants_close();
     let reply = if events { with_cors(reply, app) } else { reply };
-    let sent = send(&mut conn, Some(&head), reply).is_ok();
-    (sent && !close).then_some(conn)
+    send(&mut conn, Some(&head), reply).then_some(conn)
 }
 
 /// Sends a refusal: JSON `{"error"}` on `POST /events`, plain text elsewhere.
-/// Returns whether the answer was written.
+/// Returns whether the connection stays open.
 fn refuse(
     conn: &mut Conn,
     head: Option<&Head>,
@@ -289,7 +305,7 @@ fn refuse(
     if head.is_some_and(|h| split_target(&h.target).0 == "/events") {
         reply = with_cors(reply, app);
     }
-    send(conn, head, reply).is_ok()
+    send(conn, head, reply)
 }
 
 fn with_cors(reply: Reply, app: &App) -> Reply {
@@ -540,9 +556,7 @@ fn subscribe(
         }
         Err(refusal) => refusal,
     };
-    let close = refusal.close;
-    let ok = refuse(&mut conn, Some(head), None, app, refusal);
-    (ok && !close && !head.wants_close()).then_some(conn)
+    refuse(&mut conn, Some(head), None, app, refusal).then_some(conn)
 }
 
 #[cfg(test)]

@@ -103,3 +103,44 @@ fn metrics_count_what_happened() {
     assert_eq!(hub.metric("ssehub_history_events"), 3);
     assert_eq!(hub.metric("ssehub_subscribers_evicted_total"), 0);
 }
+
+#[test]
+fn closing_answers_say_connection_close() {
+    let hub = Hub::start(&["--cors-origin", "*"]);
+    // The client asked to close.
+    let r = hub.get("/healthz");
+    assert_eq!(r.header("connection"), Some("close"));
+    // The hub closes after a refusal whose body it did not read.
+    let r = hub.raw(b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+    assert_eq!((r.status, r.header("connection")), (413, Some("close")));
+    // HTTP/1.0 connections are closed after one answer.
+    let r = hub.raw(b"GET /healthz HTTP/1.0\r\n\r\n");
+    assert_eq!(r.header("connection"), Some("close"));
+    // A kept-alive answer says nothing.
+    let mut s = hub.connect();
+    use std::io::Write;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let r = crate::harness::read_response(&mut s).unwrap();
+    assert_eq!((r.status, r.header("connection")), (200, None));
+    assert!(r.header("date").is_some());
+    // 204 carries neither a body nor Content-Length.
+    let r = hub.raw(b"OPTIONS /events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!((r.status, r.header("content-length")), (204, None));
+    assert!(r.body.is_empty());
+}
+
+#[test]
+fn head_requests_get_no_body() {
+    use std::io::{Read, Write};
+    let hub = Hub::start(&[]);
+    let mut s = hub.connect();
+    s.write_all(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let text = String::from_utf8(all).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("Content-Length: 3\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\n"), "a body followed: {text:?}");
+}
