@@ -5,8 +5,9 @@
 use std::fs;
 
 /// File descriptors kept out of the connection budget: stdio, the listener,
-/// the spare descriptor, log and Redis sockets, and some slack.
-pub const RESERVE_FDS: usize = 64;
+/// the spare descriptor, the epoll set, the Redis pool and follower, the
+/// refusals queued and lingering (32 + 32), and some slack.
+pub const RESERVE_FDS: usize = 128;
 /// Memory maps one stream thread adds: its stack and guard page, and the
 /// signal stack std gives every thread with its own guard page (measured
 /// with `/proc/PID/maps`, see README "Why threads, and what it costs").
@@ -70,45 +71,78 @@ fn threads_in_use() -> usize {
         .unwrap_or(0)
 }
 
-/// Raises the open-file limit and works out how many streams fit.
+/// Threads this process may still start: the machine's thread ids, its
+/// cgroup's `pids.max` (systemd `TasksMax`, container pid limits) and, for a
+/// user other than root, `RLIMIT_NPROC`, whichever is smallest.
+fn threads_free() -> Option<usize> {
+    // pid_max bounds thread ids machine-wide, as threads-max does.
+    let machine = [
+        read_number("/proc/sys/kernel/threads-max"),
+        read_number("/proc/sys/kernel/pid_max"),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .map(|t| t.saturating_sub(threads_in_use()));
+    // cgroup v1 names the pids controller; v2 has one hierarchy, "0::".
+    let cgroup = fs::read_to_string("/proc/self/cgroup").ok().and_then(|c| {
+        let dir = c.lines().find_map(|l| {
+            let (_, rest) = l.split_once(':')?;
+            match rest.split_once(':')? {
+                ("pids", path) => Some(format!("/sys/fs/cgroup/pids{path}")),
+                ("", path) => Some(format!("/sys/fs/cgroup{path}")),
+                _ => None,
+            }
+        })?;
+        let max = read_number(&format!("{dir}/pids.max"))?;
+        Some(max.saturating_sub(read_number(&format!("{dir}/pids.current"))?))
+    });
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: geteuid has no preconditions; getrlimit writes to our struct.
+    let nproc = unsafe {
+        (libc::geteuid() != 0
+            && libc::getrlimit(libc::RLIMIT_NPROC, &mut lim) == 0
+            && lim.rlim_cur != libc::RLIM_INFINITY)
+            .then(|| usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX))
+            .map(|n| n.saturating_sub(count_entries("/proc/self/task")))
+    };
+    [machine, cgroup, nproc]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|n| n.saturating_sub(MARGIN))
+}
+
+/// Raises the open-file limit and works out how many connections and
+/// streams fit.
 pub fn measure() -> Capacity {
     let open_files = raise_open_files();
     let fds_free = open_files
         .saturating_sub(count_entries("/proc/self/fd"))
         .saturating_sub(RESERVE_FDS);
-    // One fd per connection; streams are connections, and a tenth of the
-    // connections stays free for publishers and scrapes when streams are full.
-    let mut streams = fds_free - fds_free / 10;
-    let mut binding = "open files";
-    let mut bound = |what: &'static str, n: Option<usize>| {
-        if let Some(n) = n {
-            if n < streams {
-                streams = n;
-                binding = what;
-            }
-        }
+    // Every connection holds one descriptor and one thread.
+    let (connections, mut binding) = match threads_free() {
+        Some(t) if t < fds_free => (t, "threads"),
+        _ => (fds_free, "open files"),
     };
-    // pid_max bounds thread ids machine-wide, as threads-max does.
-    let thread_ids = match (
-        read_number("/proc/sys/kernel/threads-max"),
-        read_number("/proc/sys/kernel/pid_max"),
-    ) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    bound(
-        "threads",
-        thread_ids.map(|t| t.saturating_sub(threads_in_use() + MARGIN)),
-    );
+    // Streams are connections; a tenth of the connections stays free for
+    // publishers and scrapes when streams are full.
+    let mut streams = connections - connections / 10;
     let maps_in_use = fs::read_to_string("/proc/self/maps").map_or(0, |m| m.lines().count());
-    bound(
-        "memory maps",
-        read_number("/proc/sys/vm/max_map_count")
-            .map(|m| m.saturating_sub(maps_in_use + MARGIN) / MAPS_PER_STREAM),
-    );
+    if let Some(maps) = read_number("/proc/sys/vm/max_map_count")
+        .map(|m| m.saturating_sub(maps_in_use + MARGIN) / MAPS_PER_STREAM)
+    {
+        if maps < streams {
+            streams = maps;
+            binding = "memory maps";
+        }
+    }
     Capacity {
         open_files,
-        connections: fds_free,
+        connections,
         streams,
         binding,
     }

@@ -3,6 +3,7 @@
 //! the cap or the process's descriptors run out. No protocol logic beyond
 //! the fixed refusal.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::http::{self, App};
@@ -26,10 +27,13 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// subscriber that stops reading pin up to `tcp_wmem`'s maximum (4 MiB
 /// here) of kernel memory; this bounds it while leaving room for bursts.
 const SEND_BUFFER: usize = 256 * 1024;
-/// Refused connections waiting for the refusal thread; more are just closed.
-const REFUSAL_QUEUE: usize = 1024;
-/// How long the refusal thread waits on one client's head and close.
-const REFUSAL_WAIT: Duration = Duration::from_millis(200);
+/// Refused connections waiting for the refusal thread; more are just
+/// closed. With `LINGERING` this stays well inside `limits::RESERVE_FDS`.
+pub const REFUSAL_QUEUE: usize = 32;
+/// Answered refusals kept open briefly so that closing them does not reset
+/// the connection before the client has read the 503.
+pub const LINGERING: usize = 32;
+const LINGER: Duration = Duration::from_millis(250);
 
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
 Retry-After: 1\r\nConnection: close\r\nContent-Length: 32\r\n\r\n{\"error\":\"too many connections\"}";
@@ -142,36 +146,55 @@ fn refuse(queue: &Sender<TcpStream>, stream: TcpStream) {
     let _ = queue.try_send(stream);
 }
 
-/// Answers refused connections one by one with a 503: reads what the client
-/// sent (so the close is a FIN, not a reset that could destroy the answer),
-/// writes the refusal, and waits briefly for the client to close.
+/// Answers refused connections with a 503 without ever blocking on one:
+/// reads what the client has sent so far, writes the refusal, shuts down
+/// writing, and keeps the socket a moment, draining it, so that the close is
+/// a FIN rather than a reset that could destroy the answer.
 fn refuse_loop(queue: Receiver<TcpStream>) {
-    let mut scratch = [0u8; 4096];
-    for mut stream in queue {
-        let deadline = Instant::now() + REFUSAL_WAIT;
-        let _ = stream.set_read_timeout(Some(REFUSAL_WAIT / 4));
-        let mut seen = 0usize;
-        while Instant::now() < deadline && seen < 16 * 1024 {
-            match stream.read(&mut scratch) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    seen += n;
-                    if scratch[..n].windows(2).any(|w| w == b"\n\n")
-                        || scratch[..n].windows(4).any(|w| w == b"\r\n\r\n")
-                    {
-                        break;
+    let mut lingering: VecDeque<(TcpStream, Instant)> = VecDeque::new();
+    loop {
+        let next = match lingering.front() {
+            Some((_, until)) => queue.recv_deadline(*until),
+            None => queue.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match next {
+            Ok(stream) => {
+                if answer_refusal(&stream) {
+                    if lingering.len() == LINGERING {
+                        lingering.pop_front();
                     }
+                    lingering.push_back((stream, Instant::now() + LINGER));
                 }
+                log::info!("refused a connection: too many connections (503)");
             }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
         }
-        let _ = stream.write_all(REFUSAL);
-        let _ = stream.shutdown(Shutdown::Write);
-        while Instant::now() < deadline {
-            match stream.read(&mut scratch) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-        log::info!("refused a connection: too many connections (503)");
+        let now = Instant::now();
+        lingering.retain(|(stream, until)| now < *until && !drained_to_eof(stream));
     }
+}
+
+/// Writes the 503 on a non-blocking socket; false if the client is gone.
+fn answer_refusal(mut stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() || drained_to_eof(stream) {
+        return false;
+    }
+    let answered = stream.write(REFUSAL).is_ok();
+    let _ = stream.shutdown(Shutdown::Write);
+    answered
+}
+
+/// Reads and discards what is waiting; true at EOF or on an error.
+fn drained_to_eof(mut stream: &TcpStream) -> bool {
+    let mut scratch = [0u8; 4096];
+    for _ in 0..4 {
+        match stream.read(&mut scratch) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+    false
 }

@@ -375,8 +375,8 @@ fn running_out_of_file_descriptors_refuses_then_recovers() {
         "open-file limit 256: {} admitted, {refused} refused (503), {closed} closed",
         admitted.len()
     );
-    assert!(admitted.len() > 100, "only {} admitted", admitted.len());
-    assert_eq!(admitted.len() + refused + closed, 400);
+    assert!(admitted.len() > 50, "only {} admitted", admitted.len());
+    assert_eq!(admitted.len() + refused, 400, "{closed} closed unanswered");
     assert!(refused > 0);
     // Publishing still works while full.
     assert_eq!(hub.post("/events", b"full", "").status, 200);
