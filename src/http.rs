@@ -394,12 +394,36 @@ fn same_secret(given: &[u8], secret: &[u8]) -> bool {
     diff == 0
 }
 
-/// `Authorization: Bearer <token>`, exactly that scheme.
+/// A browser sends `Origin` with every POST, and any page may POST to any
+/// address without a preflight (a "simple" request), so a hub on loopback
+/// without a token could be published to by every site its user visits.
+/// Publishing from a browser is therefore allowed from the hub's own origin
+/// and from `--cors-origin` only. Clients that are not browsers send no
+/// `Origin`.
+fn origin_may_publish(head: &Head, cors_origin: Option<&str>) -> bool {
+    let Ok(Some(origin)) = head.single("Origin") else {
+        return head.single("Origin").is_ok();
+    };
+    if cors_origin.is_some_and(|allowed| allowed == "*" || allowed == origin) {
+        return true;
+    }
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    matches!((authority, head.single("Host")), (Some(a), Ok(Some(host))) if a.eq_ignore_ascii_case(host))
+}
+
+/// `Authorization: Bearer <token>`: the Bearer scheme and no other (the
+/// scheme name is case-insensitive, RFC 9110 §11.1; one or more spaces
+/// follow it, RFC 6750 §2.1), and exactly the token.
 fn bearer_matches(head: &Head, token: &str) -> bool {
-    match head.single("Authorization") {
-        Ok(Some(value)) => value
-            .strip_prefix("Bearer ")
-            .is_some_and(|given| same_secret(given.as_bytes(), token.as_bytes())),
+    let Ok(Some(value)) = head.single("Authorization") else {
+        return false;
+    };
+    match value.split_once(' ') {
+        Some((scheme, given)) if scheme.eq_ignore_ascii_case("Bearer") => {
+            same_secret(given.trim_start_matches(' ').as_bytes(), token.as_bytes())
+        }
         _ => false,
     }
 }
@@ -412,6 +436,12 @@ fn publish(
     app: &App,
 ) -> Result<Reply, Refusal> {
     let cfg = &app.config;
+    if !origin_may_publish(head, cfg.cors_origin.as_deref()) {
+        return Err(Refusal::new(
+            403,
+            "cross-origin publish refused (see --cors-origin)",
+        ));
+    }
     if let Some(token) = &cfg.publish_token {
         if !bearer_matches(head, token) {
             return Err(Refusal::new(401, "missing or wrong publish token"));
@@ -438,6 +468,8 @@ fn publish(
         return Err(Refusal::new(411, "Content-Length or chunked body required"));
     }
     match head.single("Expect") {
+        // RFC 9110 §10.1.1: an HTTP/1.0 client cannot expect anything.
+        _ if head.http10 => {}
         Ok(None) => {}
         Ok(Some(v)) if v.eq_ignore_ascii_case("100-continue") => {
             conn.send_continue().map_err(|_| RequestError::Closed)?;

@@ -8,9 +8,9 @@ fn publishing_needs_the_exact_bearer_token() {
     for auth in [
         "",
         "Authorization: Bearer wrong\r\n",
-        "Authorization: bearer s3cret\r\n",
-        "Authorization: Bearer  s3cret\r\n",
         "Authorization: Basic s3cret\r\n",
+        "Authorization: Bearers3cret\r\n",
+        "Authorization: Bearer\r\n",
         "Authorization: Bearer s3cret2\r\n",
         "Authorization: Bearer s3cre\r\n",
         "Authorization: s3cret\r\n",
@@ -24,8 +24,11 @@ fn publishing_needs_the_exact_bearer_token() {
     // The query token is for subscribers only.
     assert_eq!(hub.post("/events?token=s3cret", b"x", "").status, 401);
     assert_eq!(hub.metric("ssehub_events_published_total"), 0);
-    let r = hub.post("/events", b"x", "Authorization: Bearer s3cret\r\n");
-    assert_eq!(r.status, 200);
+    // RFC 9110: the scheme name is case-insensitive.
+    for auth in ["Bearer s3cret", "bearer s3cret", "BEARER  s3cret"] {
+        let r = hub.post("/events", b"x", &format!("Authorization: {auth}\r\n"));
+        assert_eq!(r.status, 200, "{auth:?}");
+    }
 }
 
 #[test]
@@ -112,4 +115,40 @@ fn cors_origin_star() {
     let s = hub.subscribe("/events", "Origin: https://b.example\r\n");
     assert_eq!(s.head.header("access-control-allow-origin"), Some("*"));
     assert_eq!(s.head.header("vary"), None);
+}
+
+#[test]
+fn browsers_may_publish_only_from_allowed_origins() {
+    let hub = Hub::start(&[]);
+    let host = hub.addr.to_string();
+    // What any web page can send to a hub on loopback without a preflight.
+    for origin in ["https://evil.example", "null", "http://127.0.0.1:1"] {
+        let r = hub.post("/events", b"x", &format!("Origin: {origin}\r\n"));
+        assert_eq!(r.status, 403, "{origin}");
+        assert_eq!(
+            r.error(),
+            "cross-origin publish refused (see --cors-origin)"
+        );
+    }
+    assert_eq!(hub.metric("ssehub_events_published_total"), 0);
+    // The hub's own page, and clients that send no Origin.
+    let r = hub.raw(
+        format!(
+            "POST /events HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\n\
+             Content-Length: 1\r\nConnection: close\r\n\r\nx"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(hub.post("/events", b"x", "").status, 200);
+
+    let hub = Hub::start(&["--cors-origin", "https://app.example"]);
+    let ok = hub.post("/events", b"x", "Origin: https://app.example\r\n");
+    assert_eq!(ok.status, 200);
+    let r = hub.post("/events", b"x", "Origin: https://evil.example\r\n");
+    assert_eq!(r.status, 403);
+
+    let hub = Hub::start(&["--cors-origin", "*"]);
+    let r = hub.post("/events", b"x", "Origin: https://anyone.example\r\n");
+    assert_eq!(r.status, 200);
 }

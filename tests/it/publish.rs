@@ -83,6 +83,14 @@ fn expect_continue_is_answered_before_the_body() {
 }
 
 #[test]
+fn http10_clients_get_no_100_continue() {
+    let hub = Hub::start(&[]);
+    let r =
+        hub.raw(b"POST /events HTTP/1.0\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\nhi");
+    assert_eq!((r.status, r.reason.as_str()), (200, "OK"));
+}
+
+#[test]
 fn ids_grow_strictly_across_topics() {
     let hub = Hub::start(&[]);
     let mut last = (0, 0);
