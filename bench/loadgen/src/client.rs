@@ -360,6 +360,9 @@ async fn publish_once(
                 .ok_or("publish answer without Content-Length")?;
             if buf.len() >= head.len + body {
                 buf.drain(..head.len + body);
+                if head.close {
+                    *conn = None;
+                }
                 if !(200..300).contains(&head.status) {
                     return Err(format!("publish answered {}", head.status));
                 }

@@ -117,10 +117,22 @@ fn show(v: Option<f64>, decimals: usize) -> String {
     }
 }
 
-fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+/// `a / b`, or "=" when both show as zero, or "—" when `b` does (a ratio
+/// to a figure too small to print means nothing).
+fn ratio(a: Option<f64>, b: Option<f64>, decimals: usize) -> String {
+    let shown_zero = |v: f64| (v * 10f64.powi(decimals as i32)).round() == 0.0;
     match (a, b) {
-        (Some(a), Some(b)) if a.is_finite() && b.is_finite() && b != 0.0 => format!("{:.2}", a / b),
-        (Some(a), Some(b)) if a == 0.0 && b == 0.0 => "=".into(),
+        (Some(a), Some(b)) if a.is_finite() && b.is_finite() => {
+            if shown_zero(b) {
+                if shown_zero(a) {
+                    "=".into()
+                } else {
+                    "—".into()
+                }
+            } else {
+                format!("{:.2}", a / b)
+            }
+        }
         _ => "—".into(),
     }
 }
@@ -150,8 +162,8 @@ pub fn table(results: &Results, servers: &[Kind]) -> String {
         let _ = writeln!(
             out,
             " {} | {} |",
-            ratio(get("ssehub"), get("nchan")),
-            ratio(get("ssehub"), get("axum"))
+            ratio(get("ssehub"), get("nchan"), *decimals),
+            ratio(get("ssehub"), get("axum"), *decimals)
         );
     }
     out

@@ -9,6 +9,8 @@ pub struct ResponseHead {
     pub status: u16,
     pub chunked: bool,
     pub content_length: Option<usize>,
+    /// The server closes the connection after this response.
+    pub close: bool,
     /// Bytes of the head, CRLFCRLF included.
     pub len: usize,
 }
@@ -29,6 +31,7 @@ pub fn response_head(buf: &[u8]) -> Option<Result<ResponseHead, String>> {
     };
     let mut chunked = false;
     let mut content_length = None;
+    let mut close = false;
     for line in lines {
         if let Some((k, v)) = line.split_once(':') {
             let (k, v) = (k.trim(), v.trim());
@@ -36,6 +39,8 @@ pub fn response_head(buf: &[u8]) -> Option<Result<ResponseHead, String>> {
                 chunked = true;
             } else if k.eq_ignore_ascii_case("content-length") {
                 content_length = v.parse().ok();
+            } else if k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close") {
+                close = true;
             }
         }
     }
@@ -43,6 +48,7 @@ pub fn response_head(buf: &[u8]) -> Option<Result<ResponseHead, String>> {
         status,
         chunked,
         content_length,
+        close,
         len: end,
     }))
 }
