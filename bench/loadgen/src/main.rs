@@ -83,7 +83,9 @@ fn run(args: &[String]) {
     std::fs::create_dir_all(&out).expect("create the output folder");
     let out = std::fs::canonicalize(out).expect("the output folder");
     let paths = Paths {
-        ssehub: root.join("target/release/ssehub"),
+        // SSEHUB=path measures another build (an A/B of a change).
+        ssehub: std::env::var_os("SSEHUB")
+            .map_or_else(|| root.join("target/release/ssehub"), PathBuf::from),
         axum: root.join("target/release/axum-sse"),
         nginx: PathBuf::from(env_or("NGINX", "/usr/sbin/nginx")),
         nchan_conf: root.join("bench/nchan/nginx.conf"),
