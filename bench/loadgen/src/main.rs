@@ -2,8 +2,12 @@
 //! tokio broadcast server, in one run, on loopback; one markdown table with
 //! the ratios ssehub/nchan and ssehub/axum.
 //!
-//!     loadgen run [--servers ssehub,nchan,axum] [--quick] [--fanouts 100,1000] [--no-streams]
+//!     loadgen run [--servers ssehub,nchan,axum] [--quick] [--fanouts 100,1000]
+//!                 [--no-streams] [--streams N]
 //!     loadgen median RESULTS.tsv...     # the median of several runs
+//!
+//! `SSEHUB=path` measures another ssehub build, `SSEHUB_ARGS="..."` adds
+//! options (a limit a scenario needs, such as `--max-subscribers`).
 //!
 //! Every phase is bounded in count and time. The servers are started (and
 //! restarted, for the reconnect storm) by this process and only they are
@@ -27,7 +31,7 @@ pub static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 fn usage() -> ! {
     eprintln!(
-        "usage: loadgen run [--servers ssehub,nchan,axum] [--quick] [--out DIR]\n                   [--fanouts 100,1000] [--no-streams]\n       loadgen median RESULTS.tsv..."
+        "usage: loadgen run [--servers ssehub,nchan,axum] [--quick] [--out DIR]\n                   [--fanouts 100,1000] [--no-streams] [--streams N]\n       loadgen median RESULTS.tsv..."
     );
     std::process::exit(2);
 }
@@ -49,6 +53,7 @@ fn run(args: &[String]) {
     let mut quick = false;
     let mut fanouts: Option<Vec<usize>> = None;
     let mut no_streams = false;
+    let mut streams: Option<usize> = None;
     let mut out = root.join("target/bench");
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -76,6 +81,13 @@ fn run(args: &[String]) {
                 );
             }
             "--no-streams" => no_streams = true,
+            "--streams" => {
+                streams = Some(
+                    it.next()
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or_else(|| usage()),
+                )
+            }
             "--out" => out = PathBuf::from(it.next().unwrap_or_else(|| usage())),
             _ => usage(),
         }
@@ -95,6 +107,9 @@ fn run(args: &[String]) {
     let mut plan = scenario::Plan::new(quick);
     if let Some(f) = fanouts {
         plan.fanouts = f;
+    }
+    if let Some(n) = streams {
+        plan.streams = n;
     }
     if no_streams {
         plan.streams = 0;

@@ -80,6 +80,9 @@ impl Server {
                 // Default options: only the address is ours.
                 let mut c = Command::new(&paths.ssehub);
                 c.arg("--bind").arg(addr.to_string());
+                if let Ok(extra) = std::env::var("SSEHUB_ARGS") {
+                    c.args(extra.split_whitespace());
+                }
                 c
             }
             Kind::Axum => {
