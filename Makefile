@@ -4,7 +4,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: run build test deps lint bench screenshot
+.PHONY: run build test deps lint bench bench-deps screenshot
 
 run:
 	$(CARGO) run --release -- $(ARGS)
@@ -30,3 +30,18 @@ test: deps lint
 screenshot: deps
 	mkdir -p docs
 	PAGE_PNG=$(CURDIR)/docs/page.png $(CARGO) test --test it -- --exact browser::screenshot_of_the_page_with_events
+
+# nchan for the benchmark: Debian's nginx and its nchan module.
+bench-deps:
+	@if [ ! -x /usr/sbin/nginx ] || [ ! -f /usr/lib/nginx/modules/ngx_nchan_module.so ]; then \
+		echo "installing nginx and libnginx-mod-nchan"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-nchan >/dev/null; \
+	fi
+
+# The same scenarios against ssehub, nchan and an axum baseline, in one run
+# (under two minutes once built); prints the markdown table and saves it under
+# target/bench/. BENCH_ARGS=--quick for a smaller, faster pass.
+BENCH_ARGS ?=
+bench: bench-deps
+	$(CARGO) build --release -p ssehub -p axum-sse -p loadgen
+	./target/release/loadgen run $(BENCH_ARGS)

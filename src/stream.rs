@@ -96,11 +96,21 @@ impl Writer {
             return Ok(());
         }
         let start = if self.chunked {
-            let size = format!("{len:x}\r\n");
-            let start = CHUNK_HEAD - size.len();
-            self.buf[start..CHUNK_HEAD].copy_from_slice(size.as_bytes());
+            // The size line is written backwards into the room left for
+            // it: no allocation per write.
+            let mut at = CHUNK_HEAD - 2;
+            self.buf[at..CHUNK_HEAD].copy_from_slice(b"\r\n");
+            let mut rest = len;
+            loop {
+                at -= 1;
+                self.buf[at] = b"0123456789abcdef"[rest % 16];
+                rest /= 16;
+                if rest == 0 {
+                    break;
+                }
+            }
             self.buf.extend_from_slice(b"\r\n");
-            start
+            at
         } else {
             0
         };
@@ -301,6 +311,34 @@ mod tests {
         let seen: Vec<u64> = (0..200).map(|_| jittered(3000)).collect();
         assert!(seen.iter().all(|ms| (3000..=4500).contains(ms)));
         assert!(seen.iter().any(|ms| *ms != seen[0]), "no jitter at all");
+    }
+
+    #[test]
+    fn chunks_carry_their_size_in_hex() {
+        let (client, server) = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            (client, listener.accept().unwrap().0)
+        };
+        let mut w = Writer::new(server, true);
+        for size in [1, 15, 16, 255, 4096] {
+            w.push(&vec![b'a'; size]);
+            w.flush().unwrap();
+        }
+        w.finish();
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut &client, &mut got).unwrap();
+        let mut want = Vec::new();
+        for size in [1usize, 15, 16, 255, 4096] {
+            want.extend_from_slice(format!("{size:x}\r\n").as_bytes());
+            want.extend(std::iter::repeat_n(b'a', size));
+            want.extend_from_slice(b"\r\n");
+        }
+        want.extend_from_slice(b"0\r\n\r\n");
+        assert_eq!(
+            String::from_utf8(got).unwrap(),
+            String::from_utf8(want).unwrap()
+        );
     }
 
     #[test]

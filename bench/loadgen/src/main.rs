@@ -1,0 +1,144 @@
+//! `make bench`: the same scenarios against ssehub, nchan and an axum +
+//! tokio broadcast server, in one run, on loopback; one markdown table with
+//! the ratios ssehub/nchan and ssehub/axum.
+//!
+//!     loadgen run [--servers ssehub,nchan,axum] [--quick] [--fanouts 100,1000]
+//!                 [--no-streams] [--streams N]
+//!     loadgen median RESULTS.tsv...     # the median of several runs
+//!
+//! `SSEHUB=path` measures another ssehub build, `SSEHUB_ARGS="..."` adds
+//! options (a limit a scenario needs, such as `--max-subscribers`).
+//!
+//! Every phase is bounded in count and time. The servers are started (and
+//! restarted, for the reconnect storm) by this process and only they are
+//! signalled.
+
+mod account;
+mod client;
+mod report;
+mod scenario;
+mod server;
+mod wire;
+
+use std::path::PathBuf;
+use std::sync::LazyLock;
+use std::time::Instant;
+
+use server::{Kind, Paths};
+
+/// The clock every payload's send time is measured on.
+pub static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: loadgen run [--servers ssehub,nchan,axum] [--quick] [--out DIR]\n                   [--fanouts 100,1000] [--no-streams] [--streams N]\n       loadgen median RESULTS.tsv..."
+    );
+    std::process::exit(2);
+}
+
+fn main() {
+    LazyLock::force(&EPOCH);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("median") if args.len() > 1 => report::median(&args[1..]),
+        Some("run") => run(&args[1..]),
+        _ => usage(),
+    }
+}
+
+fn run(args: &[String]) {
+    // Absolute: nginx resolves paths against its prefix.
+    let root = std::fs::canonicalize(env_or("BENCH_ROOT", ".")).expect("the repository root");
+    let mut servers = Kind::ALL.to_vec();
+    let mut quick = false;
+    let mut fanouts: Option<Vec<usize>> = None;
+    let mut no_streams = false;
+    let mut streams: Option<usize> = None;
+    let mut out = root.join("target/bench");
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--servers" => {
+                let list = it.next().unwrap_or_else(|| usage());
+                servers = list
+                    .split(',')
+                    .map(|s| {
+                        Kind::ALL
+                            .into_iter()
+                            .find(|k| k.name() == s)
+                            .unwrap_or_else(|| usage())
+                    })
+                    .collect();
+            }
+            "--quick" => quick = true,
+            "--fanouts" => {
+                let list = it.next().unwrap_or_else(|| usage());
+                fanouts = Some(
+                    list.split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(|s| s.parse().unwrap_or_else(|_| usage()))
+                        .collect(),
+                );
+            }
+            "--no-streams" => no_streams = true,
+            "--streams" => {
+                streams = Some(
+                    it.next()
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or_else(|| usage()),
+                )
+            }
+            "--out" => out = PathBuf::from(it.next().unwrap_or_else(|| usage())),
+            _ => usage(),
+        }
+    }
+    std::fs::create_dir_all(&out).expect("create the output folder");
+    let out = std::fs::canonicalize(out).expect("the output folder");
+    let paths = Paths {
+        // SSEHUB=path measures another build (an A/B of a change).
+        ssehub: std::env::var_os("SSEHUB")
+            .map_or_else(|| root.join("target/release/ssehub"), PathBuf::from),
+        axum: root.join("target/release/axum-sse"),
+        nginx: PathBuf::from(env_or("NGINX", "/usr/sbin/nginx")),
+        nchan_conf: root.join("bench/nchan/nginx.conf"),
+        work: out.clone(),
+    };
+    let nofile = server::raise_open_files();
+    let mut plan = scenario::Plan::new(quick);
+    if let Some(f) = fanouts {
+        plan.fanouts = f;
+    }
+    if let Some(n) = streams {
+        plan.streams = n;
+    }
+    if no_streams {
+        plan.streams = 0;
+    }
+    eprintln!(
+        "open-file limit {nofile}; vm.max_map_count {}; {} cores",
+        std::fs::read_to_string("/proc/sys/vm/max_map_count")
+            .unwrap_or_default()
+            .trim(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let results = runtime.block_on(scenario::run_all(&plan, &servers, &paths));
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let tsv = out.join(format!("results-{stamp}.tsv"));
+    report::save(&results, &tsv).expect("write results");
+    let table = report::table(&results, &servers);
+    let md = out.join(format!("table-{stamp}.md"));
+    std::fs::write(&md, &table).expect("write table");
+    println!("{table}");
+    eprintln!("results: {}\ntable:   {}", tsv.display(), md.display());
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.into())
+}

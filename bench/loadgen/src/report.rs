@@ -1,0 +1,206 @@
+//! The results: saved as `server<TAB>figure<TAB>value` lines, shown as one
+//! markdown table (a row per figure, a column per server, then the ratios
+//! ssehub/nchan and ssehub/axum), and the median of several saved runs.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use crate::scenario::{Figures, Results};
+use crate::server::Kind;
+
+/// How a figure is shown: its key, its label, its decimals.
+const ROWS: &[(&str, &str, usize)] = &[
+    ("idle.streams", "idle: streams held", 0),
+    ("idle.failures", "idle: failed subscriptions", 0),
+    ("idle.mem_kib", "idle: memory per stream, KiB (PSS)", 1),
+    ("idle.threads", "idle: threads per stream", 2),
+    ("idle.fds", "idle: fds per stream", 2),
+    ("idle.maps", "idle: memory maps per stream", 2),
+    ("f100.dps", "100 subscribers, max rate: deliveries/s", 0),
+    (
+        "f100.cpu",
+        "100 subscribers: server CPU-s per million deliveries",
+        2,
+    ),
+    ("f100.p50", "100 subscribers: p50 latency, ms", 1),
+    ("f100.p99", "100 subscribers: p99 latency, ms", 1),
+    ("f100.lost", "100 subscribers: lost", 0),
+    ("f100.dup", "100 subscribers: duplicated", 0),
+    ("f100.reordered", "100 subscribers: out of order", 0),
+    ("f1000.dps", "1,000 subscribers, max rate: deliveries/s", 0),
+    (
+        "f1000.cpu",
+        "1,000 subscribers: server CPU-s per million deliveries",
+        2,
+    ),
+    ("f1000.p50", "1,000 subscribers: p50 latency, ms", 1),
+    ("f1000.p99", "1,000 subscribers: p99 latency, ms", 1),
+    ("f1000.lost", "1,000 subscribers: lost", 0),
+    ("f1000.dup", "1,000 subscribers: duplicated", 0),
+    ("f1000.reordered", "1,000 subscribers: out of order", 0),
+    (
+        "rate.asked",
+        "10 events/s to every stream: deliveries/s asked",
+        0,
+    ),
+    ("rate.dps", "10 events/s: deliveries/s reached", 0),
+    (
+        "rate.cpu",
+        "10 events/s: server CPU-s per million deliveries",
+        2,
+    ),
+    ("rate.p50", "10 events/s: p50 latency, ms", 1),
+    ("rate.p99", "10 events/s: p99 latency, ms", 1),
+    ("rate.p999", "10 events/s: p99.9 latency, ms", 1),
+    ("rate.lost", "10 events/s: lost", 0),
+    ("rate.dup", "10 events/s: duplicated + out of order", 0),
+    (
+        "storm.subscribers",
+        "storm: subscribers reconnecting at once",
+        0,
+    ),
+    ("storm.all_s", "storm: s until every one has its replay", 2),
+    ("storm.p50_s", "storm: s until half have it", 2),
+    ("storm.lost", "storm: replayed events lost", 0),
+    ("storm.gaps", "storm: `ssehub:gap` notices", 0),
+    (
+        "storm.connect_errors",
+        "storm: failed connection attempts (retried)",
+        0,
+    ),
+];
+
+pub fn save(results: &Results, path: &Path) -> io::Result<()> {
+    let mut out = String::new();
+    for (server, figures) in results {
+        for (k, v) in figures {
+            let _ = writeln!(out, "{server}\t{k}\t{v}");
+        }
+    }
+    fs::write(path, out)
+}
+
+fn value(figures: Option<&Figures>, key: &str) -> Option<f64> {
+    let f = figures?;
+    if key == "rate.dup" {
+        return Some(f.get("rate.dup")? + f.get("rate.reordered")?);
+    }
+    f.get(key).copied()
+}
+
+fn show(v: Option<f64>, decimals: usize) -> String {
+    match v {
+        Some(v) if v.is_finite() => {
+            if decimals == 0 && v.abs() >= 10_000.0 {
+                // Group thousands: 1234567 → 1,234,567.
+                let digits = format!("{:.0}", v.abs());
+                let mut s = String::new();
+                for (i, c) in digits.chars().enumerate() {
+                    if i > 0 && (digits.len() - i) % 3 == 0 {
+                        s.push(',');
+                    }
+                    s.push(c);
+                }
+                if v < 0.0 {
+                    s.insert(0, '-');
+                }
+                s
+            } else {
+                format!("{v:.decimals$}")
+            }
+        }
+        Some(_) => "n/a".into(),
+        None => "—".into(),
+    }
+}
+
+/// `a / b`, or "=" when both show as zero, or "—" when `b` does (a ratio
+/// to a figure too small to print means nothing).
+fn ratio(a: Option<f64>, b: Option<f64>, decimals: usize) -> String {
+    let shown_zero = |v: f64| (v * 10f64.powi(decimals as i32)).round() == 0.0;
+    match (a, b) {
+        (Some(a), Some(b)) if a.is_finite() && b.is_finite() => {
+            if shown_zero(b) {
+                if shown_zero(a) {
+                    "=".into()
+                } else {
+                    "—".into()
+                }
+            } else {
+                format!("{:.2}", a / b)
+            }
+        }
+        _ => "—".into(),
+    }
+}
+
+pub fn table(results: &Results, servers: &[Kind]) -> String {
+    let mut out = String::new();
+    let names: Vec<&str> = servers.iter().map(|k| k.name()).collect();
+    let _ = write!(out, "| figure |");
+    for n in &names {
+        let _ = write!(out, " {n} |");
+    }
+    let _ = writeln!(out, " ssehub/nchan | ssehub/axum |");
+    let _ = write!(out, "| --- |");
+    for _ in &names {
+        let _ = write!(out, " ---: |");
+    }
+    let _ = writeln!(out, " ---: | ---: |");
+    for (key, label, decimals) in ROWS {
+        let get = |server: &str| value(results.get(server), key);
+        if names.iter().all(|n| get(n).is_none()) {
+            continue;
+        }
+        let _ = write!(out, "| {label} |");
+        for n in &names {
+            let _ = write!(out, " {} |", show(get(n), *decimals));
+        }
+        let _ = writeln!(
+            out,
+            " {} | {} |",
+            ratio(get("ssehub"), get("nchan"), *decimals),
+            ratio(get("ssehub"), get("axum"), *decimals)
+        );
+    }
+    out
+}
+
+/// Reads saved runs and prints the table of their medians.
+pub fn median(paths: &[String]) {
+    let mut all: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+    for p in paths {
+        let text = fs::read_to_string(p).unwrap_or_else(|e| panic!("{p}: {e}"));
+        for line in text.lines() {
+            let mut parts = line.split('\t');
+            if let (Some(s), Some(k), Some(v)) = (parts.next(), parts.next(), parts.next()) {
+                if let Ok(v) = v.parse::<f64>() {
+                    all.entry((s.into(), k.into())).or_default().push(v);
+                }
+            }
+        }
+    }
+    let mut results = Results::new();
+    for ((server, key), mut values) in all {
+        let Some(kind) = Kind::ALL.into_iter().find(|k| k.name() == server) else {
+            continue;
+        };
+        values.sort_by(f64::total_cmp);
+        let m = values.len();
+        let med = if m % 2 == 1 {
+            values[m / 2]
+        } else {
+            (values[m / 2 - 1] + values[m / 2]) / 2.0
+        };
+        results.entry(kind.name()).or_default().insert(key, med);
+    }
+    let servers: Vec<Kind> = Kind::ALL
+        .into_iter()
+        .filter(|k| results.contains_key(k.name()))
+        .collect();
+    println!("Medians of {} runs.\n", paths.len());
+    println!("{}", table(&results, &servers));
+}

@@ -1,0 +1,297 @@
+//! The servers under test: how each is started, found ready, measured from
+//! /proc and stopped. Only processes started here are ever signalled, by
+//! their own pid.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Ssehub,
+    Nchan,
+    Axum,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Ssehub, Kind::Nchan, Kind::Axum];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Ssehub => "ssehub",
+            Kind::Nchan => "nchan",
+            Kind::Axum => "axum",
+        }
+    }
+
+    /// The request target that subscribes to topic `bench`.
+    pub fn subscribe_path(self) -> &'static str {
+        match self {
+            Kind::Nchan => "/sub?topic=bench",
+            _ => "/events?topic=bench",
+        }
+    }
+
+    /// The request target that publishes to topic `bench`.
+    pub fn publish_path(self) -> &'static str {
+        match self {
+            Kind::Nchan => "/pub?topic=bench",
+            _ => "/events?topic=bench",
+        }
+    }
+}
+
+/// Where the binaries and the nchan config are.
+pub struct Paths {
+    pub ssehub: PathBuf,
+    pub axum: PathBuf,
+    pub nginx: PathBuf,
+    pub nchan_conf: PathBuf,
+    /// Scratch space: logs, the nginx prefix.
+    pub work: PathBuf,
+}
+
+pub struct Server {
+    pub kind: Kind,
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+/// A free loopback port (the kernel picks it; the listener is dropped).
+pub fn free_port() -> io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Server {
+    pub fn start(kind: Kind, port: u16, paths: &Paths) -> io::Result<Server> {
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(paths.work.join(format!("{}.log", kind.name())))?;
+        let mut cmd = match kind {
+            Kind::Ssehub => {
+                // Default options: only the address is ours.
+                let mut c = Command::new(&paths.ssehub);
+                c.arg("--bind").arg(addr.to_string());
+                if let Ok(extra) = std::env::var("SSEHUB_ARGS") {
+                    c.args(extra.split_whitespace());
+                }
+                c
+            }
+            Kind::Axum => {
+                let mut c = Command::new(&paths.axum);
+                c.arg("--bind").arg(addr.to_string());
+                c
+            }
+            Kind::Nchan => {
+                let dir = paths.work.join("nchan");
+                fs::create_dir_all(&dir)?;
+                let conf = fs::read_to_string(&paths.nchan_conf)?
+                    .replace("@DIR@", &dir.to_string_lossy())
+                    .replace("@PORT@", &port.to_string());
+                let conf_path = dir.join("nginx.conf");
+                fs::write(&conf_path, conf)?;
+                let mut c = Command::new(&paths.nginx);
+                c.arg("-p")
+                    .arg(&dir)
+                    .arg("-c")
+                    .arg(&conf_path)
+                    .arg("-e")
+                    .arg("stderr");
+                c
+            }
+        };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let mut server = Server { kind, addr, child };
+        server.wait_ready(Duration::from_secs(20))?;
+        Ok(server)
+    }
+
+    /// Waits until `GET /healthz` answers 200 (and, for nginx, both workers
+    /// run).
+    fn wait_ready(&mut self, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Err(io::Error::other(format!(
+                    "{} exited at startup: {status}",
+                    self.kind.name()
+                )));
+            }
+            let workers_ok = self.kind != Kind::Nchan || self.pids().len() >= 3;
+            if workers_ok && healthz(self.addr) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!(
+                    "{} not ready after {timeout:?}",
+                    self.kind.name()
+                )));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's processes: the one we started and its children (the
+    /// nginx workers).
+    pub fn pids(&self) -> Vec<u32> {
+        let root = self.pid();
+        let mut pids = vec![root];
+        if let Ok(dir) = fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) {
+                    if stat_field(&stat, 4) == Some(u64::from(root)) {
+                        pids.push(pid);
+                    }
+                }
+            }
+        }
+        pids
+    }
+
+    /// Stops the server: SIGTERM, then SIGKILL after `grace`; reaps it.
+    pub fn stop(&mut self, grace: Duration) {
+        let pid = self.pid() as libc::pid_t;
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // SAFETY: kill on the pid of our own unreaped child.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(3));
+    }
+}
+
+fn healthz(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    while n < 12 {
+        match s.read(&mut buf[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    buf[..n].starts_with(b"HTTP/1.1 200")
+}
+
+/// Field `n` (1-based, as in proc(5)) of a /proc/PID/stat line.
+fn stat_field(stat: &str, n: usize) -> Option<u64> {
+    // The command name (field 2) may hold spaces; count from its ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(n - 3)?.parse().ok()
+}
+
+/// What /proc tells about a set of processes, summed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub rss_kib: u64,
+    /// Proportional set size: shared pages split between the processes
+    /// sharing them (nginx workers share nchan's memory).
+    pub pss_kib: u64,
+    pub threads: u64,
+    pub fds: u64,
+    pub maps: u64,
+}
+
+fn ticks_per_s() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+fn status_kib(status: &str, key: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time only: cheap enough to read around every phase.
+pub fn cpu_s(pids: &[u32]) -> f64 {
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .map(|s| stat_field(&s, 14).unwrap_or(0) + stat_field(&s, 15).unwrap_or(0))
+        .sum();
+    ticks as f64 / ticks_per_s()
+}
+
+/// Everything, including memory maps and PSS (slower with 10k threads).
+pub fn usage(pids: &[u32]) -> Usage {
+    let mut u = Usage::default();
+    for pid in pids {
+        let base = Path::new("/proc").join(pid.to_string());
+        if let Ok(status) = fs::read_to_string(base.join("status")) {
+            u.rss_kib += status_kib(&status, "VmRSS:");
+            u.threads += status_kib(&status, "Threads:");
+        }
+        if let Ok(rollup) = fs::read_to_string(base.join("smaps_rollup")) {
+            u.pss_kib += status_kib(&rollup, "Pss:");
+        }
+        u.fds += fs::read_dir(base.join("fd")).map_or(0, |d| d.count() as u64);
+        u.maps += fs::read_to_string(base.join("maps")).map_or(0, |m| m.lines().count() as u64);
+    }
+    u
+}
+
+/// Raises this process's soft open-file limit to its hard limit (children
+/// inherit it); returns the new soft limit.
+pub fn raise_open_files() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        }
+    }
+    lim.rlim_cur
+}
