@@ -190,6 +190,12 @@ impl Hub {
         }
     }
 
+    /// True while the process has not exited.
+    pub fn running(&mut self) -> bool {
+        let child = self.child.as_mut().expect("not reaped yet");
+        child.try_wait().expect("try_wait").is_none()
+    }
+
     /// Waits for the process to exit within `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;

@@ -27,23 +27,9 @@ fn sigterm_with_a_thousand_streams_exits_0_within_2_seconds() {
     assert!(took < Duration::from_secs(2), "{took:?}");
 }
 
-#[test]
-fn sigint_stops_accepting() {
-    let mut hub = Hub::start(&[]);
-    let addr = hub.addr;
-    hub.signal(libc::SIGINT);
-    assert_eq!(
-        hub.wait_exit(Duration::from_secs(2)).unwrap().code(),
-        Some(0)
-    );
-    assert!(std::net::TcpStream::connect(addr).is_err());
-}
-
-#[test]
-fn a_second_signal_exits_at_once() {
-    // A subscriber that never reads holds its thread in a blocked write, so
-    // the first signal waits out the grace period; the second must not.
-    let mut hub = Hub::start_with(&["--max-event-bytes", "1000000"], Start::default());
+/// Fills a subscriber that never reads, so its thread blocks in a write
+/// and the hub needs its whole grace period to exit.
+fn stuck_subscriber(hub: &Hub) -> crate::harness::Sub {
     let stuck = hub.subscribe("/events", "");
     socket2::SockRef::from(&stuck.stream)
         .set_recv_buffer_size(4096)
@@ -52,6 +38,41 @@ fn a_second_signal_exits_at_once() {
     for _ in 0..8 {
         hub.publish("t", &big);
     }
+    stuck
+}
+
+#[test]
+fn sigint_stops_accepting_at_once() {
+    let mut hub = Hub::start(&["--max-event-bytes", "1000000"]);
+    let addr = hub.addr;
+    let stuck = stuck_subscriber(&hub);
+    hub.signal(libc::SIGINT);
+    assert!(hub.wait_log("shutting down", Duration::from_secs(2)));
+    // Still running (its stuck stream has the grace period to end), but
+    // no longer accepting.
+    assert!(
+        crate::harness::poll(Duration::from_millis(500), || {
+            std::net::TcpStream::connect(addr).is_err()
+        }),
+        "still accepting after SIGINT"
+    );
+    assert!(
+        hub.running(),
+        "exited before the grace period: nothing was tested"
+    );
+    assert_eq!(
+        hub.wait_exit(Duration::from_secs(2)).unwrap().code(),
+        Some(0)
+    );
+    drop(stuck);
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    // The stuck stream makes the first signal wait out the grace period;
+    // the second must not.
+    let mut hub = Hub::start_with(&["--max-event-bytes", "1000000"], Start::default());
+    let stuck = stuck_subscriber(&hub);
     hub.signal(libc::SIGTERM);
     assert!(hub.wait_log("shutting down", Duration::from_secs(2)));
     let started = Instant::now();
