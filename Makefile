@@ -31,11 +31,16 @@ screenshot: deps
 	mkdir -p docs
 	PAGE_PNG=$(CURDIR)/docs/page.png $(CARGO) test --test it -- --exact browser::screenshot_of_the_page_with_events
 
-# nchan for the benchmark: Debian's nginx and its nchan module.
+# nchan for the benchmark: Debian's nginx and its nchan module; and Redis for
+# the two-process scenario.
 bench-deps:
 	@if [ ! -x /usr/sbin/nginx ] || [ ! -f /usr/lib/nginx/modules/ngx_nchan_module.so ]; then \
 		echo "installing nginx and libnginx-mod-nchan"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-nchan >/dev/null; \
+	fi
+	@if ! command -v redis-server >/dev/null; then \
+		echo "installing redis-server"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	fi
 
 # The same scenarios against ssehub, nchan and an axum baseline, in one run

@@ -17,7 +17,10 @@ use crate::wire::{self, Payload, StreamParser};
 
 /// Shared by every client of one server.
 pub struct Ctx {
+    /// Where subscribers connect.
     pub addr: SocketAddr,
+    /// Where publishers connect: `addr`, or another process of the same hub.
+    pub publish_addr: SocketAddr,
     pub subscribe_path: &'static str,
     pub publish_path: &'static str,
     pub epoch: Instant,
@@ -34,11 +37,20 @@ impl Ctx {
     pub fn new(addr: SocketAddr, subscribe_path: &'static str, publish_path: &'static str) -> Ctx {
         Ctx {
             addr,
+            publish_addr: addr,
             subscribe_path,
             publish_path,
             epoch: *crate::EPOCH,
             delivered: AtomicU64::new(0),
             command: watch::channel(0).0,
+        }
+    }
+
+    /// Publishers connect to `addr` instead (another hub on one Redis).
+    pub fn publishing_to(self, addr: SocketAddr) -> Ctx {
+        Ctx {
+            publish_addr: addr,
+            ..self
         }
     }
 
@@ -340,7 +352,7 @@ async fn publish_once(
     buf: &mut Vec<u8>,
 ) -> Result<(), String> {
     if conn.is_none() {
-        let tcp = TcpStream::connect(ctx.addr)
+        let tcp = TcpStream::connect(ctx.publish_addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         tcp.set_nodelay(true).ok();

@@ -3,15 +3,17 @@
 //! the ratios ssehub/nchan and ssehub/axum.
 //!
 //!     loadgen run [--servers ssehub,nchan,axum] [--quick] [--fanouts 100,1000]
-//!                 [--no-streams] [--streams N]
+//!                 [--no-streams] [--streams N] [--redis-fanouts 100,1000]
+//!                 [--only fanout,streams,redis]
 //!     loadgen median RESULTS.tsv...     # the median of several runs
 //!
 //! `SSEHUB=path` measures another ssehub build, `SSEHUB_ARGS="..."` adds
-//! options (a limit a scenario needs, such as `--max-subscribers`).
+//! options (a limit a scenario needs, such as `--max-subscribers`),
+//! `REDIS_SERVER=path` names the `redis-server` of the Redis scenario.
 //!
-//! Every phase is bounded in count and time. The servers are started (and
-//! restarted, for the reconnect storm) by this process and only they are
-//! signalled.
+//! Every phase is bounded in count and time. The servers (and the Redis of
+//! the Redis scenario) are started (and restarted, for the reconnect storm)
+//! by this process and only they are signalled.
 
 mod account;
 mod client;
@@ -31,7 +33,7 @@ pub static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 fn usage() -> ! {
     eprintln!(
-        "usage: loadgen run [--servers ssehub,nchan,axum] [--quick] [--out DIR]\n                   [--fanouts 100,1000] [--no-streams] [--streams N]\n       loadgen median RESULTS.tsv..."
+        "usage: loadgen run [--servers ssehub,nchan,axum] [--quick] [--out DIR]\n                   [--fanouts 100,1000] [--no-streams] [--streams N]\n                   [--redis-fanouts 100,1000] [--only fanout,streams,redis]\n       loadgen median RESULTS.tsv..."
     );
     std::process::exit(2);
 }
@@ -52,6 +54,8 @@ fn run(args: &[String]) {
     let mut servers = Kind::ALL.to_vec();
     let mut quick = false;
     let mut fanouts: Option<Vec<usize>> = None;
+    let mut redis_fanouts: Option<Vec<usize>> = None;
+    let mut only: Option<Vec<String>> = None;
     let mut no_streams = false;
     let mut streams: Option<usize> = None;
     let mut out = root.join("target/bench");
@@ -71,14 +75,18 @@ fn run(args: &[String]) {
                     .collect();
             }
             "--quick" => quick = true,
-            "--fanouts" => {
+            "--fanouts" => fanouts = Some(counts(it.next())),
+            "--redis-fanouts" => redis_fanouts = Some(counts(it.next())),
+            "--only" => {
                 let list = it.next().unwrap_or_else(|| usage());
-                fanouts = Some(
-                    list.split(',')
-                        .filter(|s| !s.is_empty())
-                        .map(|s| s.parse().unwrap_or_else(|_| usage()))
-                        .collect(),
-                );
+                let names: Vec<String> = list.split(',').map(String::from).collect();
+                if names
+                    .iter()
+                    .any(|n| !["fanout", "streams", "redis"].contains(&n.as_str()))
+                {
+                    usage();
+                }
+                only = Some(names);
             }
             "--no-streams" => no_streams = true,
             "--streams" => {
@@ -98,6 +106,7 @@ fn run(args: &[String]) {
         // SSEHUB=path measures another build (an A/B of a change).
         ssehub: std::env::var_os("SSEHUB")
             .map_or_else(|| root.join("target/release/ssehub"), PathBuf::from),
+        redis: PathBuf::from(env_or("REDIS_SERVER", "redis-server")),
         axum: root.join("target/release/axum-sse"),
         nginx: PathBuf::from(env_or("NGINX", "/usr/sbin/nginx")),
         nchan_conf: root.join("bench/nchan/nginx.conf"),
@@ -113,6 +122,33 @@ fn run(args: &[String]) {
     }
     if no_streams {
         plan.streams = 0;
+    }
+    if let Some(f) = redis_fanouts {
+        plan.redis_fanouts = f;
+    }
+    if let Some(only) = only {
+        let on = |name: &str| only.iter().any(|n| n == name);
+        if !on("fanout") {
+            plan.fanouts.clear();
+        }
+        if !on("streams") {
+            plan.streams = 0;
+        }
+        if !on("redis") {
+            plan.redis_fanouts.clear();
+        }
+    }
+    if !servers.contains(&Kind::Ssehub) {
+        plan.redis_fanouts.clear();
+    }
+    // Found now rather than after minutes of other scenarios.
+    if !plan.redis_fanouts.is_empty() && !runs(&paths.redis) {
+        eprintln!(
+            "loadgen: {} --version failed: the Redis scenario needs redis-server \
+             (`make bench-deps` installs it; --redis-fanouts '' skips the scenario)",
+            paths.redis.display()
+        );
+        std::process::exit(2);
     }
     eprintln!(
         "open-file limit {nofile}; vm.max_map_count {}; {} cores",
@@ -137,6 +173,24 @@ fn run(args: &[String]) {
     std::fs::write(&md, &table).expect("write table");
     println!("{table}");
     eprintln!("results: {}\ntable:   {}", tsv.display(), md.display());
+}
+
+/// A comma-separated list of subscriber counts (empty: none).
+fn counts(list: Option<&String>) -> Vec<usize> {
+    list.unwrap_or_else(|| usage())
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap_or_else(|_| usage()))
+        .collect()
+}
+
+fn runs(program: &std::path::Path) -> bool {
+    std::process::Command::new(program)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn env_or(name: &str, default: &str) -> String {

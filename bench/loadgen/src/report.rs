@@ -71,6 +71,146 @@ const ROWS: &[(&str, &str, usize)] = &[
         "storm: failed connection attempts (retried)",
         0,
     ),
+    (
+        "r100.alone.dps",
+        "100 subscribers × 1,000 events/s, one hub: deliveries/s reached",
+        0,
+    ),
+    (
+        "r100.redis.dps",
+        "100 subscribers × 1,000 events/s, two hubs on Redis: deliveries/s reached",
+        0,
+    ),
+    (
+        "r100.alone.cpu",
+        "100 subscribers × 1,000 events/s, one hub: CPU-s per million deliveries",
+        2,
+    ),
+    (
+        "r100.redis.cpu",
+        "100 subscribers × 1,000 events/s, two hubs on Redis: CPU-s per million deliveries (A, B, Redis)",
+        2,
+    ),
+    (
+        "r100.alone.p50",
+        "100 subscribers × 1,000 events/s, one hub: p50 latency, ms",
+        2,
+    ),
+    (
+        "r100.redis.p50",
+        "100 subscribers × 1,000 events/s, two hubs on Redis: p50 latency, ms",
+        2,
+    ),
+    (
+        "r100.alone.p99",
+        "100 subscribers × 1,000 events/s, one hub: p99 latency, ms",
+        2,
+    ),
+    (
+        "r100.redis.p99",
+        "100 subscribers × 1,000 events/s, two hubs on Redis: p99 latency, ms",
+        2,
+    ),
+    (
+        "r100.alone.p999",
+        "100 subscribers × 1,000 events/s, one hub: p99.9 latency, ms",
+        2,
+    ),
+    (
+        "r100.redis.p999",
+        "100 subscribers × 1,000 events/s, two hubs on Redis: p99.9 latency, ms",
+        2,
+    ),
+    (
+        "r100.alone.lost",
+        "100 subscribers × 1,000 events/s, one hub: lost",
+        0,
+    ),
+    (
+        "r100.redis.lost",
+        "100 subscribers × 1,000 events/s, two hubs on Redis: lost",
+        0,
+    ),
+    (
+        "r100.alone.dup+reordered",
+        "100 subscribers × 1,000 events/s, one hub: duplicated + out of order",
+        0,
+    ),
+    (
+        "r100.redis.dup+reordered",
+        "100 subscribers × 1,000 events/s, two hubs on Redis: duplicated + out of order",
+        0,
+    ),
+    (
+        "r1000.alone.dps",
+        "1,000 subscribers × 100 events/s, one hub: deliveries/s reached",
+        0,
+    ),
+    (
+        "r1000.redis.dps",
+        "1,000 subscribers × 100 events/s, two hubs on Redis: deliveries/s reached",
+        0,
+    ),
+    (
+        "r1000.alone.cpu",
+        "1,000 subscribers × 100 events/s, one hub: CPU-s per million deliveries",
+        2,
+    ),
+    (
+        "r1000.redis.cpu",
+        "1,000 subscribers × 100 events/s, two hubs on Redis: CPU-s per million deliveries (A, B, Redis)",
+        2,
+    ),
+    (
+        "r1000.alone.p50",
+        "1,000 subscribers × 100 events/s, one hub: p50 latency, ms",
+        2,
+    ),
+    (
+        "r1000.redis.p50",
+        "1,000 subscribers × 100 events/s, two hubs on Redis: p50 latency, ms",
+        2,
+    ),
+    (
+        "r1000.alone.p99",
+        "1,000 subscribers × 100 events/s, one hub: p99 latency, ms",
+        2,
+    ),
+    (
+        "r1000.redis.p99",
+        "1,000 subscribers × 100 events/s, two hubs on Redis: p99 latency, ms",
+        2,
+    ),
+    (
+        "r1000.alone.p999",
+        "1,000 subscribers × 100 events/s, one hub: p99.9 latency, ms",
+        2,
+    ),
+    (
+        "r1000.redis.p999",
+        "1,000 subscribers × 100 events/s, two hubs on Redis: p99.9 latency, ms",
+        2,
+    ),
+    (
+        "r1000.alone.lost",
+        "1,000 subscribers × 100 events/s, one hub: lost",
+        0,
+    ),
+    (
+        "r1000.redis.lost",
+        "1,000 subscribers × 100 events/s, two hubs on Redis: lost",
+        0,
+    ),
+    (
+        "r1000.alone.dup+reordered",
+        "1,000 subscribers × 100 events/s, one hub: duplicated + out of order",
+        0,
+    ),
+    (
+        "r1000.redis.dup+reordered",
+        "1,000 subscribers × 100 events/s, two hubs on Redis: duplicated + out of order",
+        0,
+    ),
 ];
 
 pub fn save(results: &Results, path: &Path) -> io::Result<()> {
@@ -87,6 +227,9 @@ fn value(figures: Option<&Figures>, key: &str) -> Option<f64> {
     let f = figures?;
     if key == "rate.dup" {
         return Some(f.get("rate.dup")? + f.get("rate.reordered")?);
+    }
+    if let Some(prefix) = key.strip_suffix(".dup+reordered") {
+        return Some(f.get(&format!("{prefix}.dup"))? + f.get(&format!("{prefix}.reordered"))?);
     }
     f.get(key).copied()
 }

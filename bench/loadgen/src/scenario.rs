@@ -1,8 +1,9 @@
 //! The scenarios, each against a freshly started server so no stream of an
 //! earlier phase lingers: fan-out at the maximum publish rate (100 and
 //! 1,000 subscribers); then N idle streams, the same N at 10 events/s, and a
-//! reconnect storm after a restart. Every figure lands in `Figures` under a
-//! key `report.rs` knows.
+//! reconnect storm after a restart; then (ssehub only) a fixed publish rate
+//! through two hub processes on one Redis, and the same load on one hub
+//! alone. Every figure lands in `Figures` under a key `report.rs` knows.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -14,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::account::{Account, Histogram};
 use crate::client::{self, Ctx, Dial, Pace, Sub, SubState, STOP};
-use crate::server::{self, Kind, Paths, Server};
+use crate::server::{self, Kind, Paths, Redis, Server};
 
 pub type Figures = BTreeMap<String, f64>;
 pub type Results = BTreeMap<&'static str, Figures>;
@@ -32,6 +33,13 @@ pub struct Plan {
     pub rate_events: u64,
     pub storm_events: u64,
     pub drain: Duration,
+    /// Subscriber counts of the Redis scenario (ssehub only).
+    pub redis_fanouts: Vec<usize>,
+    /// Events per second published in the Redis scenario, by subscriber
+    /// count: a moderate load, well below what the machine can deliver, so
+    /// that the latency is the path's and not a queue's.
+    pub redis_rate: fn(usize) -> u64,
+    pub redis_time: Duration,
 }
 
 impl Plan {
@@ -46,6 +54,11 @@ impl Plan {
             rate_events: if quick { 30 } else { 100 },
             storm_events: 10,
             drain: Duration::from_secs(15),
+            redis_fanouts: vec![100, 1000],
+            // 100,000 deliveries/s (1,000 events/s to 100 subscribers, 100
+            // to 1,000), at most 1,000 events/s.
+            redis_rate: |subs| (100_000 / subs.max(1) as u64).clamp(1, 1000),
+            redis_time: Duration::from_secs(if quick { 1 } else { 3 }),
         }
     }
 }
@@ -57,9 +70,13 @@ fn blocking<T: Send + 'static>(
     async move { handle.await.expect("blocking task") }
 }
 
-/// One started server and the subscribers held against it.
+/// One started server and the subscribers held against it; or, for the
+/// Redis scenario, the subscribers' hub, the hub publishers use and their
+/// Redis.
 struct Bench {
     server: Option<Server>,
+    publish_server: Option<Server>,
+    redis: Option<Redis>,
     ctx: Arc<Ctx>,
     subs: Vec<Sub>,
     tasks: Vec<JoinHandle<()>>,
@@ -77,7 +94,36 @@ impl Bench {
         ));
         Bench {
             server: Some(server),
+            publish_server: None,
+            redis: None,
             ctx,
+            subs: Vec::new(),
+            tasks: Vec::new(),
+            next_phase: 1,
+        }
+    }
+
+    /// A `redis-server` of our own and two ssehub processes on it: A for
+    /// the publishers, B for the subscribers.
+    async fn start_on_redis(paths: &Paths) -> Bench {
+        let paths = paths.clone();
+        let (redis, a, b) = blocking(move || {
+            let redis = Redis::start(&paths)?;
+            let extra = ["--redis".to_string(), redis.url()];
+            let a = Server::start_with(Kind::Ssehub, server::free_port()?, &paths, &extra)?;
+            let b = Server::start_with(Kind::Ssehub, server::free_port()?, &paths, &extra)?;
+            Ok::<_, std::io::Error>((redis, a, b))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("start redis-server and two ssehub on it: {e}"));
+        let kind = Kind::Ssehub;
+        let ctx =
+            Ctx::new(b.addr, kind.subscribe_path(), kind.publish_path()).publishing_to(a.addr);
+        Bench {
+            server: Some(b),
+            publish_server: Some(a),
+            redis: Some(redis),
+            ctx: Arc::new(ctx),
             subs: Vec::new(),
             tasks: Vec::new(),
             next_phase: 1,
@@ -88,8 +134,17 @@ impl Bench {
         self.server.as_ref().expect("server running")
     }
 
+    /// Every process serving this bench: the server (with its workers), the
+    /// publishers' hub and Redis when there are.
     fn pids(&self) -> Vec<u32> {
-        self.server().pids()
+        let mut pids = self.server().pids();
+        if let Some(a) = &self.publish_server {
+            pids.extend(a.pids());
+        }
+        if let Some(r) = &self.redis {
+            pids.push(r.pid());
+        }
+        pids
     }
 
     /// Opens `n` more subscribers, at most `pace` connecting at once, and
@@ -214,20 +269,25 @@ impl Bench {
         for t in self.tasks.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
-        if let Some(mut s) = self.server.take() {
-            blocking(move || s.stop(Duration::from_secs(5))).await;
-        }
+        let (server, publish_server, redis) = (
+            self.server.take(),
+            self.publish_server.take(),
+            self.redis.take(),
+        );
+        blocking(move || {
+            for mut s in [server, publish_server].into_iter().flatten() {
+                s.stop(Duration::from_secs(5));
+            }
+            if let Some(mut r) = redis {
+                r.stop(Duration::from_secs(5));
+            }
+        })
+        .await;
     }
 }
 
 async fn start_server(kind: Kind, port: u16, paths: &Paths) -> Server {
-    let paths = Paths {
-        ssehub: paths.ssehub.clone(),
-        axum: paths.axum.clone(),
-        nginx: paths.nginx.clone(),
-        nchan_conf: paths.nchan_conf.clone(),
-        work: paths.work.clone(),
-    };
+    let paths = paths.clone();
     blocking(move || Server::start(kind, port, &paths))
         .await
         .unwrap_or_else(|e| panic!("start {}: {e}", kind.name()))
@@ -290,6 +350,15 @@ pub async fn run_all(plan: &Plan, servers: &[Kind], paths: &Paths) -> Results {
         let f = streams(plan, kind, paths).await;
         print_row(kind, &f);
         results.get_mut(kind.name()).expect("server").extend(f);
+    }
+    if let Some(figures) = results.get_mut(Kind::Ssehub.name()) {
+        for &subs in &plan.redis_fanouts {
+            for on_redis in [false, true] {
+                let f = paced(plan, paths, subs, on_redis).await;
+                print_row(Kind::Ssehub, &f);
+                figures.extend(f);
+            }
+        }
     }
     results
 }
@@ -553,4 +622,73 @@ async fn storm(plan: &Plan, kind: Kind, paths: &Paths, b: &mut Bench, f: &mut Fi
     f.insert("storm.dup".into(), t.duplicate as f64);
     f.insert("storm.gaps".into(), gaps as f64);
     f.insert("storm.connect_errors".into(), errors as f64);
+}
+
+/// A fixed publish rate, `redis_rate` events/s for `redis_time`, to `subs`
+/// subscribers: with `on_redis`, published on hub A and delivered by hub B,
+/// two ssehub processes on one Redis; without, one hub alone for both.
+/// Latency runs from sending the `POST` to the subscriber reading the event.
+async fn paced(plan: &Plan, paths: &Paths, subs: usize, on_redis: bool) -> Figures {
+    let rate = (plan.redis_rate)(subs);
+    let how = if on_redis { "redis" } else { "alone" };
+    eprintln!(
+        "ssehub: {subs} subscribers, {rate} events/s, {}",
+        if on_redis {
+            "published on A, delivered by B, on one Redis"
+        } else {
+            "one hub alone"
+        }
+    );
+    let key = |k: &str| format!("r{subs}.{how}.{k}");
+    let mut f = Figures::new();
+    let mut b = if on_redis {
+        Bench::start_on_redis(paths).await
+    } else {
+        Bench::start(Kind::Ssehub, paths).await
+    };
+    let open = b.subscribe(subs, 256, Duration::from_secs(30)).await;
+    let synced = b.sync().await;
+    f.insert(key("subscribers"), synced as f64);
+    if open < subs || (synced as usize) < subs {
+        eprintln!("  only {open} open, {synced} synced of {subs}");
+    }
+    let events = (rate as f64 * plan.redis_time.as_secs_f64()).round() as u64;
+    let interval = Duration::from_secs(1) / rate.max(1) as u32;
+    let window = interval * events as u32;
+    let phase = b.begin_phase(1, events, 0);
+    let pids = b.pids();
+    let cpu0 = server::cpu_s(&pids);
+    let start = Instant::now() + Duration::from_millis(50);
+    let pace = Pace::Every { start, interval };
+    let ((published, errors), (in_window, cpu)) =
+        tokio::join!(b.publish(phase, 1, events, pace, start + window), async {
+            tokio::time::sleep_until((start + window).into()).await;
+            (
+                b.ctx.delivered.load(Ordering::Relaxed),
+                server::cpu_s(&pids) - cpu0,
+            )
+        });
+    let expected = published * open as u64;
+    b.wait_delivered(expected, plan.drain).await;
+    let t = tally(&b.end_phase());
+    f.insert(key("published"), published as f64);
+    f.insert(key("publish_errors"), errors as f64);
+    f.insert(
+        key("asked"),
+        (events * open as u64) as f64 / window.as_secs_f64(),
+    );
+    f.insert(key("dps"), in_window as f64 / window.as_secs_f64());
+    f.insert(key("cpu"), cpu / in_window.max(1) as f64 * 1e6);
+    f.insert(key("lost"), expected.saturating_sub(t.unique) as f64);
+    f.insert(key("dup"), t.duplicate as f64);
+    f.insert(key("reordered"), t.reordered as f64);
+    f.insert(key("p50"), t.latency.quantile_ms(0.5));
+    f.insert(key("p99"), t.latency.quantile_ms(0.99));
+    f.insert(key("p999"), t.latency.quantile_ms(0.999));
+    f.insert(key("ended"), ended(&b) as f64);
+    if t.invalid > 0 {
+        eprintln!("  {} deliveries with an impossible sequence", t.invalid);
+    }
+    b.finish().await;
+    f
 }

@@ -46,8 +46,10 @@ impl Kind {
 }
 
 /// Where the binaries and the nchan config are.
+#[derive(Clone)]
 pub struct Paths {
     pub ssehub: PathBuf,
+    pub redis: PathBuf,
     pub axum: PathBuf,
     pub nginx: PathBuf,
     pub nchan_conf: PathBuf,
@@ -70,6 +72,17 @@ pub fn free_port() -> io::Result<u16> {
 
 impl Server {
     pub fn start(kind: Kind, port: u16, paths: &Paths) -> io::Result<Server> {
+        Server::start_with(kind, port, paths, &[])
+    }
+
+    /// Starts the server with `extra` options after the defaults (ssehub
+    /// only: `--redis URL`).
+    pub fn start_with(
+        kind: Kind,
+        port: u16,
+        paths: &Paths,
+        extra: &[String],
+    ) -> io::Result<Server> {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let log = fs::OpenOptions::new()
             .create(true)
@@ -83,6 +96,7 @@ impl Server {
                 if let Ok(extra) = std::env::var("SSEHUB_ARGS") {
                     c.args(extra.split_whitespace());
                 }
+                c.args(extra);
                 c
             }
             Kind::Axum => {
@@ -169,27 +183,129 @@ impl Server {
 
     /// Stops the server: SIGTERM, then SIGKILL after `grace`; reaps it.
     pub fn stop(&mut self, grace: Duration) {
-        let pid = self.pid() as libc::pid_t;
-        if matches!(self.child.try_wait(), Ok(None)) {
-            // SAFETY: kill on the pid of our own unreaped child.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_child(&mut self.child, grace);
     }
+}
+
+/// SIGTERM to our own child, then SIGKILL after `grace`; reaps it.
+fn stop_child(child: &mut Child, grace: Duration) {
+    let pid = child.id() as libc::pid_t;
+    if matches!(child.try_wait(), Ok(None)) {
+        // SAFETY: kill on the pid of our own unreaped child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(3));
     }
+}
+
+/// A `redis-server` of our own on a free loopback port, saving nothing;
+/// stopped (SIGTERM, then SIGKILL) and reaped on drop.
+pub struct Redis {
+    pub port: u16,
+    child: Child,
+}
+
+impl Redis {
+    pub fn start(paths: &Paths) -> io::Result<Redis> {
+        let dir = paths.work.join("redis");
+        fs::create_dir_all(&dir)?;
+        let mut last = io::Error::other("no attempt");
+        // The free port can be taken between the probe and Redis's bind.
+        for _ in 0..5 {
+            let port = free_port()?;
+            let child = Command::new(&paths.redis)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .arg("--dir")
+                .arg(&dir)
+                .arg("--logfile")
+                .arg(paths.work.join("redis.log"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| io::Error::other(format!("{}: {e}", paths.redis.display())))?;
+            let mut redis = Redis { port, child };
+            match redis.wait_ready(Duration::from_secs(10)) {
+                Ok(()) => return Ok(redis),
+                Err(e) => last = e, // dropped: stopped and reaped
+            }
+        }
+        Err(last)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Err(io::Error::other(format!(
+                    "redis-server exited at startup: {status}"
+                )));
+            }
+            if ping(self.port) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!(
+                    "redis-server not ready after {timeout:?}"
+                )));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; reaped.
+    pub fn stop(&mut self, grace: Duration) {
+        stop_child(&mut self.child, grace);
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(3));
+    }
+}
+
+/// Whether a Redis on `port` answers `PING` (inline command) with `+PONG`.
+fn ping(port: u16) -> bool {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    let mut n = 0;
+    while n < buf.len() {
+        match s.read(&mut buf[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    buf[..n] == *b"+PONG\r\n"
 }
 
 fn healthz(addr: SocketAddr) -> bool {
