@@ -54,10 +54,31 @@ struct Subscriber {
     key: u64,
     topics: TopicFilter,
     tx: Sender<SharedFrame>,
+    /// A second handle on its queue, so a throttled publisher can watch the
+    /// queue drain without taking the hub lock.
+    watch: Receiver<SharedFrame>,
     shared: Arc<Shared>,
     /// Its queue stopped shrinking while a publish waited for it: taken for
     /// stuck, publishes no longer wait for it until it catches up.
     stalled: bool,
+}
+
+/// A receiver of an event that was well behind when it was queued.
+struct Laggard {
+    key: u64,
+    queue: Receiver<SharedFrame>,
+    shared: Arc<Shared>,
+}
+
+impl Laggard {
+    /// Events still queued, or 0 once the hub has let go of it.
+    fn backlog(&self) -> usize {
+        if self.shared.state.load(Ordering::Relaxed) == LIVE {
+            self.queue.len()
+        } else {
+            0
+        }
+    }
 }
 
 /// What a subscriber's stream thread and the hub both see.
@@ -224,12 +245,10 @@ impl Hub {
             return Err(PublishError::Closed);
         }
         let frame = self.log.append(&event).map_err(PublishError::Unavailable)?;
-        let (receivers, deepest) = self.fan_out(&mut inner, &frame);
+        let (receivers, laggards) = self.fan_out(&mut inner, &frame);
         drop(inner);
         Metrics::add(&self.metrics.published, 1);
-        if deepest > self.limits.client_queue / 2 {
-            self.let_streams_catch_up(topic);
-        }
+        self.let_streams_catch_up(laggards);
         Ok(Published {
             id: frame.id,
             receivers,
@@ -283,10 +302,12 @@ impl Hub {
     }
 
     /// Queues `frame` for every matching subscriber; returns how many got
-    /// it and the longest queue among those not taken for stuck.
-    fn fan_out(&self, inner: &mut Inner, frame: &SharedFrame) -> (usize, usize) {
+    /// it and, when one not taken for stuck is more than half of
+    /// `--client-queue` behind, every such receiver over a quarter behind.
+    fn fan_out(&self, inner: &mut Inner, frame: &SharedFrame) -> (usize, Vec<Laggard>) {
         let mut receivers = 0;
         let mut deepest = 0;
+        let mut laggards = Vec::new();
         let mut evicted = 0;
         let queue = self.limits.client_queue;
         inner.subscribers.retain_mut(|s| {
@@ -298,16 +319,21 @@ impl Hub {
                 evicted += 1;
                 return false;
             }
-            let depth = s.tx.len();
+            let depth = s.tx.len() + 1;
             if s.tx.send(frame.clone()).is_err() {
                 return false;
             }
             receivers += 1;
-            if s.stalled && depth < queue / 4 {
+            if s.stalled && depth <= queue / 4 {
                 s.stalled = false;
             }
-            if !s.stalled {
-                deepest = deepest.max(depth + 1);
+            if !s.stalled && depth > queue / 4 {
+                deepest = deepest.max(depth);
+                laggards.push(Laggard {
+                    key: s.key,
+                    queue: s.watch.clone(),
+                    shared: s.shared.clone(),
+                });
             }
             true
         });
@@ -315,7 +341,10 @@ impl Hub {
             Metrics::add(&self.metrics.evicted, evicted);
             log::debug!("evicted {evicted} subscribers more than {queue} events behind");
         }
-        (receivers, deepest)
+        if deepest <= queue / 2 {
+            laggards.clear();
+        }
+        (receivers, laggards)
     }
 
     /// Backpressure on publishers. Stream threads run at the lowest
@@ -329,21 +358,22 @@ impl Hub {
     /// they are taken for stuck rather than starved, no publish waits for
     /// them again until they catch up, and eviction deals with them. A
     /// subscriber whose client is not reading never slows a publisher for
-    /// longer than that.
-    fn let_streams_catch_up(&self, topic: &str) {
+    /// longer than that. The queues are watched without the hub lock, so
+    /// throttled publishers do not slow fan-out down.
+    fn let_streams_catch_up(&self, laggards: Vec<Laggard>) {
+        if laggards.is_empty() {
+            return;
+        }
         let low = self.limits.client_queue / 4;
         let start = Instant::now();
         let mut least = usize::MAX;
         let mut progress_at = start;
         loop {
             thread::sleep(CATCH_UP_STEP);
-            let mut inner = self.lock();
-            let behind = |s: &Subscriber| !s.stalled && s.topics.matches(topic) && s.tx.len() > low;
-            let backlog: usize = inner
-                .subscribers
+            let backlog: usize = laggards
                 .iter()
-                .filter(|s| behind(s))
-                .map(|s| s.tx.len())
+                .map(Laggard::backlog)
+                .filter(|n| *n > low)
                 .sum();
             if backlog == 0 {
                 return;
@@ -354,8 +384,16 @@ impl Hub {
                 progress_at = now;
             }
             if now - progress_at >= CATCH_UP_STALL {
-                for s in inner.subscribers.iter_mut().filter(|s| behind(s)) {
-                    s.stalled = true;
+                let stuck: Vec<u64> = laggards
+                    .iter()
+                    .filter(|l| l.backlog() > low)
+                    .map(|l| l.key)
+                    .collect();
+                let mut inner = self.lock();
+                for s in inner.subscribers.iter_mut() {
+                    if stuck.contains(&s.key) {
+                        s.stalled = true;
+                    }
                 }
                 return;
             }
@@ -401,6 +439,7 @@ impl Hub {
             key,
             topics,
             tx,
+            watch: rx.clone(),
             shared: shared.clone(),
             stalled: false,
         });
