@@ -202,17 +202,7 @@ impl EventLog for RedisLog {
             });
         }
         let (found, first, mut page): (Value, Value, Value) = self.shared.pool.run(|con| {
-            redis::pipe()
-                .cmd("XRANGE")
-                .arg(STREAM)
-                .arg(&last_id)
-                .arg(&last_id)
-                .cmd("XRANGE")
-                .arg(STREAM)
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(1)
+            gap_probe(&mut redis::pipe(), &last_id)
                 .cmd("XRANGE")
                 .arg(STREAM)
                 .arg(format!("({last_id}"))
@@ -425,18 +415,8 @@ impl Follower {
         self.run_id = run_id;
         if same_server {
             let last = self.last.to_string();
-            let (found, first): (Value, Value) = redis::pipe()
-                .cmd("XRANGE")
-                .arg(STREAM)
-                .arg(&last)
-                .arg(&last)
-                .cmd("XRANGE")
-                .arg(STREAM)
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(1)
-                .query(&mut con)?;
+            let (found, first): (Value, Value) =
+                gap_probe(&mut redis::pipe(), &last).query(&mut con)?;
             let trimmed = entries(found).is_empty()
                 && entries(first)
                     .first()
@@ -451,6 +431,21 @@ impl Follower {
         }
         Ok(con)
     }
+}
+
+/// Adds the two look-ups that tell whether entries after `id` may be
+/// missing: the entry `id` itself, and the stream's first entry.
+fn gap_probe<'p>(pipe: &'p mut redis::Pipeline, id: &str) -> &'p mut redis::Pipeline {
+    pipe.cmd("XRANGE")
+        .arg(STREAM)
+        .arg(id)
+        .arg(id)
+        .cmd("XRANGE")
+        .arg(STREAM)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
 }
 
 /// A few connections for request threads; one that failed is closed, not
