@@ -109,8 +109,7 @@ impl Subscriber {
 
     /// Too far behind: `--client-queue` events queued while its client is
     /// not taking data, or far more than that in any case.
-    fn behind(&self, queue: usize) -> bool {
-        let queued = self.tx.len();
+    fn behind(&self, queued: usize, queue: usize) -> bool {
         queued >= queue
             && (self.shared.writing.load(Ordering::Relaxed)
                 || queued >= queue.saturating_mul(STARVED_FACTOR))
@@ -314,12 +313,13 @@ impl Hub {
             if !s.topics.matches(&frame.topic) {
                 return true;
             }
-            if s.behind(queue) {
+            let queued = s.tx.len();
+            if s.behind(queued, queue) {
                 s.end(RELEASED);
                 evicted += 1;
                 return false;
             }
-            let depth = s.tx.len() + 1;
+            let depth = queued + 1;
             if s.tx.send(frame.clone()).is_err() {
                 return false;
             }

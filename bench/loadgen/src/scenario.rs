@@ -412,17 +412,30 @@ async fn fanout(plan: &Plan, kind: Kind, paths: &Paths, subs: usize) -> Figures 
     f.insert(key("publish_errors"), errors as f64);
     f.insert(key("dps"), t.unique as f64 / secs);
     f.insert(key("cpu"), cpu / t.unique as f64 * 1e6);
+    delivery_figures(&mut f, key, &t, expected, &b);
+    b.finish().await;
+    f
+}
+
+/// What every delivery check yields: lost, duplicated and reordered events,
+/// latency quantiles, and streams that ended when they should not have.
+fn delivery_figures(
+    f: &mut Figures,
+    key: impl Fn(&str) -> String,
+    t: &Tally,
+    expected: u64,
+    b: &Bench,
+) {
     f.insert(key("lost"), expected.saturating_sub(t.unique) as f64);
     f.insert(key("dup"), t.duplicate as f64);
     f.insert(key("reordered"), t.reordered as f64);
     f.insert(key("p50"), t.latency.quantile_ms(0.5));
     f.insert(key("p99"), t.latency.quantile_ms(0.99));
-    f.insert(key("ended"), ended(&b) as f64);
+    f.insert(key("p999"), t.latency.quantile_ms(0.999));
+    f.insert(key("ended"), ended(b) as f64);
     if t.invalid > 0 {
         eprintln!("  {} deliveries with an impossible sequence", t.invalid);
     }
-    b.finish().await;
-    f
 }
 
 /// Streams that ended while they should have stayed open (evicted, lagged,
@@ -679,16 +692,7 @@ async fn paced(plan: &Plan, paths: &Paths, subs: usize, on_redis: bool) -> Figur
     );
     f.insert(key("dps"), in_window as f64 / window.as_secs_f64());
     f.insert(key("cpu"), cpu / in_window.max(1) as f64 * 1e6);
-    f.insert(key("lost"), expected.saturating_sub(t.unique) as f64);
-    f.insert(key("dup"), t.duplicate as f64);
-    f.insert(key("reordered"), t.reordered as f64);
-    f.insert(key("p50"), t.latency.quantile_ms(0.5));
-    f.insert(key("p99"), t.latency.quantile_ms(0.99));
-    f.insert(key("p999"), t.latency.quantile_ms(0.999));
-    f.insert(key("ended"), ended(&b) as f64);
-    if t.invalid > 0 {
-        eprintln!("  {} deliveries with an impossible sequence", t.invalid);
-    }
+    delivery_figures(&mut f, key, &t, expected, &b);
     b.finish().await;
     f
 }
