@@ -90,6 +90,10 @@ struct Args {
     #[arg(long, env = "SSEHUB_REDIS", value_name = "URL")]
     redis: Option<String>,
 
+    /// Host names requests may be addressed to (the `Host` field), comma-separated, `*` for any; loopback names are always allowed [default: loopback names only when bound to loopback, else any]
+    #[arg(long, env = "SSEHUB_ALLOWED_HOSTS", value_name = "HOSTS")]
+    allowed_hosts: Option<String>,
+
     /// Allow binding a non-loopback address without --publish-token
     #[arg(long, env = "SSEHUB_ALLOW_ANONYMOUS_PUBLISH")]
     allow_anonymous_publish: bool,
@@ -110,6 +114,9 @@ pub struct Config {
     pub subscribe_token: Option<String>,
     pub cors_origin: Option<String>,
     pub redis: Option<String>,
+    /// The names a request's `Host` may give besides the loopback ones;
+    /// `None` takes any.
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 /// A startup refusal: printed to stderr, exit status 2.
@@ -158,6 +165,31 @@ fn check_token(option: &'static str, value: &Option<String>) -> Result<(), Confi
     }
 }
 
+/// `--allowed-hosts`: host names without ports, compared in lower case.
+fn host_list(list: &str) -> Result<Vec<String>, ConfigError> {
+    let names: Vec<String> = list
+        .split(',')
+        .map(|n| n.trim().trim_end_matches('.').to_ascii_lowercase())
+        .collect();
+    let valid = |n: &String| match n.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !n.is_empty()
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        }
+    };
+    if names.iter().all(valid) {
+        Ok(names)
+    } else {
+        Err(ConfigError::Invalid {
+            option: "--allowed-hosts",
+            value: list.escape_debug().to_string(),
+            why: "expected host names such as hub.example.com,10.0.0.5 (no ports), or *",
+        })
+    }
+}
+
 impl Config {
     /// Parses `args` (the first is the program name) and the `SSEHUB_*`
     /// environment variables; the flag wins over the variable.
@@ -196,6 +228,15 @@ impl Config {
         if !a.bind.ip().is_loopback() && a.publish_token.is_none() && !a.allow_anonymous_publish {
             return Err(ConfigError::AnonymousPublish(a.bind));
         }
+        let allowed_hosts = match a.allowed_hosts.as_deref().map(str::trim) {
+            Some("*") => None,
+            Some(list) => Some(host_list(list)?),
+            // A hub on loopback is not meant to be reached under another
+            // name: a page that rebinds its own name to 127.0.0.1 would
+            // otherwise be same-origin with the hub and read its streams.
+            None if a.bind.ip().is_loopback() => Some(Vec::new()),
+            None => None,
+        };
         Ok(Config {
             bind: a.bind,
             heartbeat: Duration::from_secs(a.heartbeat),
@@ -209,6 +250,7 @@ impl Config {
             subscribe_token: a.subscribe_token,
             cors_origin: a.cors_origin,
             redis: a.redis,
+            allowed_hosts,
         })
     }
 }
@@ -238,6 +280,26 @@ mod tests {
         assert_eq!(c.max_event_bytes, 65_536);
         assert!(c.publish_token.is_none() && c.subscribe_token.is_none());
         assert!(c.cors_origin.is_none() && c.redis.is_none());
+        assert_eq!(c.allowed_hosts, Some(vec![]));
+    }
+
+    #[test]
+    fn allowed_hosts() {
+        let public = ["--bind", "0.0.0.0:8080", "--publish-token", "t"];
+        assert_eq!(parse(&public).unwrap().allowed_hosts, None);
+        let c = parse(&["--allowed-hosts", "Hub.Example.com., 10.0.0.5"]).unwrap();
+        assert_eq!(
+            c.allowed_hosts,
+            Some(vec!["hub.example.com".into(), "10.0.0.5".into()])
+        );
+        assert_eq!(
+            parse(&["--allowed-hosts", "*"]).unwrap().allowed_hosts,
+            None
+        );
+        assert!(refusal(&["--allowed-hosts", "a.example:80/x"]).contains("--allowed-hosts"));
+        assert!(refusal(&["--allowed-hosts", "a,,b"]).contains("--allowed-hosts"));
+        assert!(refusal(&["--allowed-hosts", "a.example:80"]).contains("--allowed-hosts"));
+        assert!(parse(&["--allowed-hosts", "[2001:db8::1]"]).is_ok());
     }
 
     #[test]

@@ -205,6 +205,10 @@ fn route(mut conn: Conn, head: Head, app: &App) -> Option<Conn> {
     let body_unread = !matches!(framing, Ok(Framing::None | Framing::Length(0)));
     let reply = match framing {
         Err(e) => Err(Refusal::from(e)),
+        Ok(_) if !host_allowed(&head, app.config.allowed_hosts.as_deref()) => Err(Refusal::new(
+            403,
+            "this hub is not served under that Host name (see --allowed-hosts)",
+        )),
         Ok(framing) => match (&head.method, path) {
             (Method::Get, "/events") => {
                 return subscribe(conn, &head, framing, query, app);
@@ -392,6 +396,48 @@ fn same_secret(given: &[u8], secret: &[u8]) -> bool {
         diff |= usize::from(given.get(i).copied().unwrap_or(!s) ^ s);
     }
     diff == 0
+}
+
+/// Whether the request names a host this hub answers for. Loopback names
+/// always pass; so does a request without `Host` (HTTP/1.0, not a browser).
+/// Against DNS rebinding: a page whose name an attacker points at 127.0.0.1
+/// is same-origin with a hub on loopback, but its requests still carry the
+/// attacker's name in `Host`.
+fn host_allowed(head: &Head, allowed: Option<&[String]>) -> bool {
+    let Some(allowed) = allowed else {
+        return true;
+    };
+    let Ok(Some(host)) = head.single("Host") else {
+        return head.single("Host").is_ok();
+    };
+    let name = host_name(host);
+    is_loopback_name(&name) || allowed.contains(&name)
+}
+
+/// The name in a `Host` value: without the port and a trailing dot, in
+/// lower case; an IPv6 literal keeps its brackets.
+fn host_name(host: &str) -> String {
+    let name = match host.find(']') {
+        Some(end) if host.starts_with('[') => &host[..=end],
+        _ => host.split(':').next().unwrap_or_default(),
+    };
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+fn is_loopback_name(name: &str) -> bool {
+    if name == "localhost" || name.ends_with(".localhost") {
+        return true;
+    }
+    let ip = match name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().map(|ip| {
+            ip.to_ipv4_mapped()
+                .map_or(ip.is_loopback(), |v4| v4.is_loopback())
+        }),
+        None => name
+            .parse::<std::net::Ipv4Addr>()
+            .map(|ip| ip.is_loopback()),
+    };
+    ip.unwrap_or(false)
 }
 
 /// A browser sends `Origin` with every POST, and any page may POST to any
@@ -622,6 +668,39 @@ mod tests {
         assert!(parse_query("t=%zz").is_err());
         assert!(parse_query("t=%+1").is_err());
         assert!(parse_query("t=%FF").is_err());
+    }
+
+    #[test]
+    fn host_names() {
+        for (host, name) in [
+            ("LocalHost:8080", "localhost"),
+            ("hub.example.", "hub.example"),
+            ("[::1]:80", "[::1]"),
+            ("127.0.0.1", "127.0.0.1"),
+        ] {
+            assert_eq!(host_name(host), name);
+        }
+        for name in [
+            "localhost",
+            "a.localhost",
+            "127.0.0.1",
+            "127.9.9.9",
+            "[::1]",
+            "[::ffff:127.0.0.1]",
+        ] {
+            assert!(is_loopback_name(name), "{name}");
+        }
+        for name in [
+            "",
+            "evil.example",
+            "localhost.evil.example",
+            "10.0.0.1",
+            "[::2]",
+            "[::1",
+            "0x7f.1",
+        ] {
+            assert!(!is_loopback_name(name), "{name}");
+        }
     }
 
     #[test]

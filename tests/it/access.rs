@@ -60,7 +60,7 @@ fn without_cors_origin_nothing_is_allowed_cross_origin() {
     assert_eq!(s.head.header("access-control-allow-origin"), None);
     let r = hub.post("/events", b"x", "Origin: https://a.example\r\n");
     assert_eq!(r.header("access-control-allow-origin"), None);
-    let r = hub.raw(b"OPTIONS /events HTTP/1.1\r\nHost: x\r\nOrigin: https://a.example\r\nAccess-Control-Request-Method: POST\r\n\r\n");
+    let r = hub.raw(b"OPTIONS /events HTTP/1.1\r\nHost: localhost\r\nOrigin: https://a.example\r\nAccess-Control-Request-Method: POST\r\n\r\n");
     assert_eq!(r.status, 405);
     assert_eq!(r.header("access-control-allow-origin"), None);
 }
@@ -88,7 +88,7 @@ fn cors_origin_applies_to_streams_publishes_errors_and_preflight() {
         r.header("access-control-allow-origin"),
         Some("https://a.example")
     );
-    let r = hub.raw(b"OPTIONS /events HTTP/1.1\r\nHost: x\r\nOrigin: https://a.example\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization, last-event-id\r\n\r\n");
+    let r = hub.raw(b"OPTIONS /events HTTP/1.1\r\nHost: localhost\r\nOrigin: https://a.example\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization, last-event-id\r\n\r\n");
     assert_eq!(r.status, 204);
     assert_eq!(
         r.header("access-control-allow-origin"),
@@ -150,5 +150,87 @@ fn browsers_may_publish_only_from_allowed_origins() {
 
     let hub = Hub::start(&["--cors-origin", "*"]);
     let r = hub.post("/events", b"x", "Origin: https://anyone.example\r\n");
+    assert_eq!(r.status, 200);
+}
+
+/// DNS rebinding: a page whose name is pointed at 127.0.0.1 is same-origin
+/// with a hub on loopback, so only the `Host` it sends gives it away.
+#[test]
+fn a_hub_on_loopback_answers_only_to_loopback_names() {
+    let hub = Hub::start(&[]);
+    let port = hub.addr.port();
+    let get = |target: &str, host: &str| {
+        hub.raw(
+            format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+    };
+    let refused = "this hub is not served under that Host name (see --allowed-hosts)";
+    for host in [
+        format!("evil.example:{port}"),
+        "evil.example".into(),
+        "localhost.evil.example".into(),
+        format!("10.0.0.1:{port}"),
+        "[::2]".into(),
+    ] {
+        for target in ["/", "/events", "/metrics", "/healthz", "/nowhere"] {
+            let r = get(target, &host);
+            assert_eq!(
+                (r.status, r.text()),
+                (403, format!("{refused}\n")),
+                "{host} {target}"
+            );
+        }
+        let r = hub.raw(
+            format!(
+                "POST /events HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\n\
+                 Content-Length: 1\r\nConnection: close\r\n\r\nx"
+            )
+            .as_bytes(),
+        );
+        assert_eq!((r.status, r.error()), (403, refused.into()), "{host}");
+    }
+    assert_eq!(hub.metric("ssehub_events_published_total"), 0);
+    assert_eq!(hub.metric("ssehub_subscribers"), 0);
+
+    for host in [
+        format!("localhost:{port}"),
+        format!("LOCALHOST.:{port}"),
+        format!("127.0.0.1:{port}"),
+        "127.1.2.3".into(),
+        format!("[::1]:{port}"),
+        "app.localhost".into(),
+    ] {
+        assert_eq!(get("/healthz", &host).status, 200, "{host}");
+    }
+    // No Host at all: HTTP/1.0, not a browser.
+    let r = hub.raw(b"GET /healthz HTTP/1.0\r\n\r\n");
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn allowed_hosts_names_the_hub_behind_a_proxy() {
+    let hub = Hub::start(&["--allowed-hosts", "hub.example,10.0.0.5"]);
+    let get = |host: &str| {
+        hub.raw(
+            format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+    };
+    for host in [
+        "hub.example",
+        "HUB.example:443",
+        "10.0.0.5:8080",
+        "localhost",
+    ] {
+        assert_eq!(get(host).status, 200, "{host}");
+    }
+    for host in ["evil.example", "sub.hub.example", "10.0.0.6"] {
+        assert_eq!(get(host).status, 403, "{host}");
+    }
+
+    let hub = Hub::start(&["--allowed-hosts", "*"]);
+    let r =
+        hub.raw(b"GET /healthz HTTP/1.1\r\nHost: anything.example\r\nConnection: close\r\n\r\n");
     assert_eq!(r.status, 200);
 }

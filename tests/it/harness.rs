@@ -136,13 +136,14 @@ impl Hub {
 
     pub fn get(&self, target: &str) -> Response {
         self.raw(
-            format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
         )
     }
 
     pub fn post(&self, target: &str, body: &[u8], headers: &str) -> Response {
         let mut req = format!(
-            "POST {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n{headers}\r\n",
+            "POST {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n{headers}\r\n",
             body.len()
         )
         .into_bytes();
@@ -170,8 +171,10 @@ impl Hub {
 
     pub fn try_subscribe(&self, target: &str, headers: &str) -> Sub {
         let mut s = self.connect();
-        s.write_all(format!("GET {target} HTTP/1.1\r\nHost: t\r\n{headers}\r\n").as_bytes())
-            .expect("send subscribe");
+        s.write_all(
+            format!("GET {target} HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n").as_bytes(),
+        )
+        .expect("send subscribe");
         Sub::open(s)
     }
 

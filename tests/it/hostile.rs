@@ -65,7 +65,7 @@ fn hostile_content_lengths_on_every_route() {
         ] {
             let mut s = send(
                 &hub,
-                format!("{route}?topic=x HTTP/1.1\r\nHost: x\r\nContent-Length: {cl}\r\n\r\nabc")
+                format!("{route}?topic=x HTTP/1.1\r\nHost: localhost\r\nContent-Length: {cl}\r\n\r\nabc")
                     .as_bytes(),
             );
             let got = answered_then_closed(&mut s);
@@ -78,7 +78,7 @@ fn hostile_content_lengths_on_every_route() {
 #[test]
 fn ambiguous_framing_is_400_and_the_body_is_never_a_request() {
     let hub = Hub::start(&[]);
-    let smuggled = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    let smuggled = "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
     for framing in [
         "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n".to_string(),
         format!(
@@ -92,7 +92,7 @@ fn ambiguous_framing_is_400_and_the_body_is_never_a_request() {
     ] {
         let mut s = send(
             &hub,
-            format!("POST /events HTTP/1.1\r\nHost: x\r\n{framing}\r\n0\r\n\r\n{smuggled}")
+            format!("POST /events HTTP/1.1\r\nHost: localhost\r\n{framing}\r\n0\r\n\r\n{smuggled}")
                 .as_bytes(),
         );
         assert_eq!(answered_then_closed(&mut s), 400, "{framing:?}");
@@ -119,7 +119,7 @@ fn malformed_chunked_bodies_are_refused() {
     ] {
         let mut s = send(
             &hub,
-            format!("POST /events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{body}")
+            format!("POST /events HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n{body}")
                 .as_bytes(),
         );
         assert_eq!(answered_then_closed(&mut s), 400, "{body:?}");
@@ -127,7 +127,7 @@ fn malformed_chunked_bodies_are_refused() {
     // A size that fits u64 but not the route: refused before it is read.
     let mut s = send(
         &hub,
-        b"POST /events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nabc",
+        b"POST /events HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nabc",
     );
     assert_eq!(answered_then_closed(&mut s), 413);
     unharmed(&hub, 0);
@@ -137,14 +137,14 @@ fn malformed_chunked_bodies_are_refused() {
 fn malformed_heads_are_refused() {
     let hub = Hub::start(&[]);
     for raw in [
-        &b"GET /events?topic=a\rb HTTP/1.1\r\nHost: x\r\n\r\n"[..],
-        b"GET /events?topic=a\nb HTTP/1.1\r\nHost: x\r\n\r\n",
-        b"GET /events\x00 HTTP/1.1\r\nHost: x\r\n\r\n",
-        b"GET /ev\xc3\xa9nts HTTP/1.1\r\nHost: x\r\n\r\n",
-        b"GET /events HTTP/1.1\r\nHost: x\r\nX-Bad: a\x7fb\r\n\r\n",
-        b"GET /events HTTP/1.1\r\nHost: x\r\nX-Bad: caf\xc3\xa9\r\n\r\n",
-        b"GET /events HTTP/1.1\r\nHost: x\r\nX-Bad : v\r\n\r\n",
-        b"GET /events HTTP/1.1\r\nHost: x\r\n folded: v\r\n\r\n",
+        &b"GET /events?topic=a\rb HTTP/1.1\r\nHost: localhost\r\n\r\n"[..],
+        b"GET /events?topic=a\nb HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        b"GET /events\x00 HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        b"GET /ev\xc3\xa9nts HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        b"GET /events HTTP/1.1\r\nHost: localhost\r\nX-Bad: a\x7fb\r\n\r\n",
+        b"GET /events HTTP/1.1\r\nHost: localhost\r\nX-Bad: caf\xc3\xa9\r\n\r\n",
+        b"GET /events HTTP/1.1\r\nHost: localhost\r\nX-Bad : v\r\n\r\n",
+        b"GET /events HTTP/1.1\r\nHost: localhost\r\n folded: v\r\n\r\n",
         b"GET /events HTTP/1.1\r\n\r\n",
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
         b"GARBAGE\r\n\r\n",
@@ -187,7 +187,7 @@ fn topics_and_events_with_control_characters_are_refused() {
 fn a_head_that_never_completes_is_dropped_after_10_seconds() {
     let hub = Hub::start(&[]);
     let started = Instant::now();
-    let mut idle = send(&hub, b"GET /events HTTP/1.1\r\nHost: x\r\n");
+    let mut idle = send(&hub, b"GET /events HTTP/1.1\r\nHost: localhost\r\n");
     idle.set_read_timeout(Some(Duration::from_secs(15)))
         .unwrap();
     // One that dribbles a byte a second never gets past the same deadline.
@@ -225,7 +225,7 @@ fn a_head_that_never_completes_is_dropped_after_10_seconds() {
 fn heads_over_16_kib_or_with_10000_fields_are_431() {
     let hub = Hub::start(&[]);
     let long = format!(
-        "GET /events HTTP/1.1\r\nHost: x\r\nX-Long: {}\r\n\r\n",
+        "GET /events HTTP/1.1\r\nHost: localhost\r\nX-Long: {}\r\n\r\n",
         "a".repeat(20 * 1024)
     );
     let mut s = send(&hub, long.as_bytes());
@@ -241,14 +241,15 @@ fn heads_over_16_kib_or_with_10000_fields_are_431() {
     assert!(written < 4 << 20, "the hub kept reading a 4 MiB header");
     let fields: String = (0..10_000).map(|i| format!("X-{i}: v\r\n")).collect();
     let mut s = hub.connect();
-    let _ = s.write_all(format!("GET /events HTTP/1.1\r\nHost: x\r\n{fields}\r\n").as_bytes());
+    let _ =
+        s.write_all(format!("GET /events HTTP/1.1\r\nHost: localhost\r\n{fields}\r\n").as_bytes());
     let r = read_response(&mut s).expect("answered");
     assert_eq!(r.status, 431);
     // 101 small fields fit in 16 KiB but are too many.
     let fields: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
     let mut s = send(
         &hub,
-        format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{fields}\r\n").as_bytes(),
+        format!("GET /healthz HTTP/1.1\r\nHost: localhost\r\n{fields}\r\n").as_bytes(),
     );
     assert_eq!(answered_then_closed(&mut s), 431);
     let usage = hub.usage();
@@ -269,9 +270,9 @@ fn five_hundred_slow_connections_do_not_delay_anyone() {
             send(
                 &hub,
                 if i % 2 == 0 {
-                    &b"GET /events HTTP/1.1\r\nHost: x\r\n"[..]
+                    &b"GET /events HTTP/1.1\r\nHost: localhost\r\n"[..]
                 } else {
-                    &b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab"[..]
+                    &b"POST /events HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nab"[..]
                 },
             )
         })
@@ -317,7 +318,7 @@ fn two_thousand_subscribers_at_the_same_instant_all_get_a_head() {
                 barrier.wait();
                 for _ in 0..EACH {
                     let mut s = hub.connect();
-                    s.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+                    s.write_all(b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n")
                         .unwrap();
                     socks.push(s);
                 }
@@ -359,7 +360,7 @@ fn running_out_of_file_descriptors_refuses_then_recovers() {
     let (mut admitted, mut refused, mut closed) = (Vec::new(), 0, 0);
     for _ in 0..400 {
         let mut s = hub.connect();
-        s.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.write_all(b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .unwrap();
         match crate::harness::read_head(&mut s) {
             Ok(r) if r.status == 200 => admitted.push(s),
@@ -429,7 +430,7 @@ fn twenty_thousand_connect_close_cycles_leak_nothing() {
                         }
                         // A whole subscription, then a reset.
                         2 => {
-                            let _ = s.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n");
+                            let _ = s.write_all(b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n");
                             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
                             let mut b = [0u8; 64];
                             let _ = s.read(&mut b);

@@ -59,7 +59,7 @@ fn chunked_body_is_the_event_data() {
     let mut sub = hub.subscribe("/events?topic=t", "");
     sub.next_block();
     let r = hub.raw(
-        b"POST /events?topic=t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+        b"POST /events?topic=t HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n\
           5\r\nhello\r\n1;ext=1\r\n \r\n5\r\nworld\r\n0\r\nTrailer: x\r\n\r\n",
     );
     assert_eq!(r.status, 200, "{}", r.text());
@@ -73,7 +73,7 @@ fn expect_continue_is_answered_before_the_body() {
     let hub = Hub::start(&[]);
     let mut s = hub.connect();
     s.write_all(
-        b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n",
+        b"POST /events HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n",
     )
     .unwrap();
     assert_eq!(crate::harness::read_head(&mut s).unwrap().status, 100);
@@ -220,13 +220,13 @@ fn refusals_publish_nothing() {
         );
     }
     // No length at all.
-    let r = hub.raw(b"POST /events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let r = hub.raw(b"POST /events HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     assert_eq!(
         (r.status, r.error()),
         (411, "Content-Length or chunked body required".into())
     );
     // Chunked, over the limit.
-    let r = hub.raw(b"POST /events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n11\r\n12345678901234567\r\n0\r\n\r\n");
+    let r = hub.raw(b"POST /events HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n11\r\n12345678901234567\r\n0\r\n\r\n");
     assert_eq!(r.status, 413);
     // Exactly the limit is fine.
     assert_eq!(hub.post("/events", &[b'y'; 16], "").status, 200);

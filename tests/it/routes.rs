@@ -33,16 +33,16 @@ fn unknown_paths_are_404() {
 #[test]
 fn other_methods_are_405_with_allow() {
     let hub = Hub::start(&[]);
-    let r = hub.raw(b"DELETE /events HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = hub.raw(b"DELETE /events HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert_eq!((r.status, r.header("allow")), (405, Some("GET, POST")));
-    let r = hub.raw(b"PUT /events HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    let r = hub.raw(b"PUT /events HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n");
     assert_eq!((r.status, r.header("allow")), (405, Some("GET, POST")));
     // A body no route takes is refused by its size first.
-    let r = hub.raw(b"PUT /events HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx");
+    let r = hub.raw(b"PUT /events HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\n\r\nx");
     assert_eq!(r.status, 413);
-    let r = hub.raw(b"OPTIONS /events HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = hub.raw(b"OPTIONS /events HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert_eq!((r.status, r.header("allow")), (405, Some("GET, POST")));
-    let r = hub.raw(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    let r = hub.raw(b"POST /metrics HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n");
     assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")));
 }
 
@@ -53,9 +53,9 @@ fn keep_alive_serves_several_requests_on_one_connection() {
     let mut s = hub.connect();
     // Pipelined: two publishes and a health check in one write.
     s.write_all(
-        b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\na\
-          POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nb\
-          GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /events HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\n\r\na\
+          POST /events HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\n\r\nb\
+          GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n",
     )
     .unwrap();
     for status in [200, 200, 200] {
@@ -111,7 +111,7 @@ fn closing_answers_say_connection_close() {
     let r = hub.get("/healthz");
     assert_eq!(r.header("connection"), Some("close"));
     // The hub closes after a refusal whose body it did not read.
-    let r = hub.raw(b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+    let r = hub.raw(b"POST /nope HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello");
     assert_eq!((r.status, r.header("connection")), (413, Some("close")));
     // HTTP/1.0 connections are closed after one answer.
     let r = hub.raw(b"GET /healthz HTTP/1.0\r\n\r\n");
@@ -119,13 +119,13 @@ fn closing_answers_say_connection_close() {
     // A kept-alive answer says nothing.
     let mut s = hub.connect();
     use std::io::Write;
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     let r = crate::harness::read_response(&mut s).unwrap();
     assert_eq!((r.status, r.header("connection")), (200, None));
     assert!(r.header("date").is_some());
     // 204 carries neither a body nor Content-Length.
-    let r = hub.raw(b"OPTIONS /events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let r = hub.raw(b"OPTIONS /events HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     assert_eq!((r.status, r.header("content-length")), (204, None));
     assert!(r.body.is_empty());
 }
@@ -135,7 +135,7 @@ fn head_requests_get_no_body() {
     use std::io::{Read, Write};
     let hub = Hub::start(&[]);
     let mut s = hub.connect();
-    s.write_all(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    s.write_all(b"HEAD /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut all = Vec::new();
     s.read_to_end(&mut all).unwrap();

@@ -12,7 +12,7 @@ fn head_arrives_at_once_then_a_retry_line() {
     let started = Instant::now();
     let mut s = hub.connect();
     use std::io::Write;
-    s.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.write_all(b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     let mut got = Vec::new();
     let mut b = [0u8; 1];
@@ -173,7 +173,7 @@ fn a_peer_that_vanishes_silently_is_released_within_two_heartbeats() {
     );
     let s = net.connect_from_inside(hub.addr);
     use std::io::Write;
-    (&s).write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+    (&s).write_all(b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     let mut sub = crate::harness::Sub::open(s);
     sub.next_block();
