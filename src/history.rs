@@ -1,7 +1,8 @@
 //! The event log contract and its in-memory implementation: a ring of
 //! recent frames bounded by count and by bytes, answering "events after X for
 //! these topics, or a gap", and the id clock in front of it. No I/O; the hub
-//! calls the in-memory log only under its own lock.
+//! calls the in-memory log only under its own lock, and scans replays in
+//! snapshots after letting go of it.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -42,6 +43,12 @@ pub trait EventLog: Send + Sync {
     /// The frames after `last` that match `topics`, and whether a gap
     /// precedes them.
     fn replay(&self, last: EventId, topics: &TopicFilter) -> Result<Replay, LogError>;
+    /// What a local log retains now, cheap to take: the hub takes it in the
+    /// same critical section as a registration and reads it after letting
+    /// go of its lock. A shared log has none (`replay` does I/O).
+    fn snapshot(&self) -> Option<Snapshot> {
+        None
+    }
     /// How many events are retained now.
     fn len(&self) -> usize;
     /// True when other processes append to the same log. The hub then calls
@@ -92,7 +99,12 @@ impl EventLog for MemoryLog {
     }
 
     fn replay(&self, last: EventId, topics: &TopicFilter) -> Result<Replay, LogError> {
-        Ok(self.state().1.replay(last, topics))
+        let snapshot = self.state().1.snapshot();
+        Ok(snapshot.replay(last, topics))
+    }
+
+    fn snapshot(&self) -> Option<Snapshot> {
+        Some(self.state().1.snapshot())
     }
 
     fn len(&self) -> usize {
@@ -108,10 +120,23 @@ impl EventLog for MemoryLog {
     }
 }
 
-/// The in-memory replay ring.
+/// Frames per sealed chunk of the ring: a snapshot copies one pointer per
+/// chunk and the frames of the unsealed one.
+const CHUNK: usize = 64;
+
+/// The in-memory replay ring. Frames are kept in sealed, shared chunks and
+/// one open chunk, so that a reader can take a snapshot in a few
+/// microseconds under the hub's lock and scan it after letting go: a
+/// replay of the whole history never holds up publishers.
 #[derive(Debug)]
 pub struct History {
-    frames: VecDeque<SharedFrame>,
+    /// Full chunks, oldest first; the first may have evicted frames in
+    /// front (`skip`).
+    sealed: VecDeque<Arc<[SharedFrame]>>,
+    skip: usize,
+    /// The newest frames, fewer than `CHUNK`.
+    open: Vec<SharedFrame>,
+    len: usize,
     bytes: usize,
     max_events: usize,
     max_bytes: usize,
@@ -127,7 +152,10 @@ impl History {
     /// encoded frames; either bound at 0 disables replay.
     pub fn new(max_events: usize, max_bytes: usize) -> History {
         History {
-            frames: VecDeque::new(),
+            sealed: VecDeque::new(),
+            skip: 0,
+            open: Vec::new(),
+            len: 0,
             bytes: 0,
             max_events,
             max_bytes,
@@ -137,10 +165,22 @@ impl History {
     }
 
     fn evict_oldest(&mut self) {
-        if let Some(old) = self.frames.pop_front() {
-            self.bytes -= old.bytes.len();
-            self.evicted_upto = Some(old.id);
-        }
+        let old = match self.sealed.front() {
+            Some(chunk) => {
+                let old = chunk[self.skip].clone();
+                self.skip += 1;
+                if self.skip == chunk.len() {
+                    self.sealed.pop_front();
+                    self.skip = 0;
+                }
+                old
+            }
+            None if self.open.is_empty() => return,
+            None => self.open.remove(0),
+        };
+        self.len -= 1;
+        self.bytes -= old.bytes.len();
+        self.evicted_upto = Some(old.id);
     }
 
     /// Keeps `frame`; its id is above every id appended before.
@@ -148,51 +188,102 @@ impl History {
         self.newest = Some(frame.id);
         if self.max_events == 0 || frame.bytes.len() > self.max_bytes {
             self.evicted_upto = Some(frame.id);
-            self.frames.clear();
+            self.sealed.clear();
+            self.skip = 0;
+            self.open.clear();
+            self.len = 0;
             self.bytes = 0;
             return;
         }
-        while self.frames.len() >= self.max_events
-            || self.bytes + frame.bytes.len() > self.max_bytes
-        {
+        while self.len >= self.max_events || self.bytes + frame.bytes.len() > self.max_bytes {
             self.evict_oldest();
         }
         self.bytes += frame.bytes.len();
-        self.frames.push_back(frame);
+        self.len += 1;
+        self.open.push(frame);
+        if self.open.len() == CHUNK {
+            let sealed = std::mem::replace(&mut self.open, Vec::with_capacity(CHUNK));
+            self.sealed.push_back(sealed.into());
+        }
+    }
+
+    /// What is retained now, to be read later: O(len / CHUNK + CHUNK).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            sealed: self.sealed.iter().cloned().collect(),
+            skip: self.skip,
+            open: self.open.clone(),
+            newest: self.newest,
+            evicted_upto: self.evicted_upto,
+        }
+    }
+
+    #[cfg(test)]
+    fn replay(&self, last: EventId, topics: &TopicFilter) -> Replay {
+        self.snapshot().replay(last, topics)
+    }
+
+    /// How many events are retained now.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// The retained frames at one instant (`History::snapshot`).
+#[derive(Debug)]
+pub struct Snapshot {
+    sealed: Vec<Arc<[SharedFrame]>>,
+    skip: usize,
+    open: Vec<SharedFrame>,
+    newest: Option<EventId>,
+    evicted_upto: Option<EventId>,
+}
+
+impl Snapshot {
+    fn len(&self) -> usize {
+        self.sealed.len() * CHUNK - self.skip + self.open.len()
+    }
+
+    /// The `i`th retained frame, oldest first.
+    fn get(&self, i: usize) -> &SharedFrame {
+        let at = i + self.skip;
+        match self.sealed.get(at / CHUNK) {
+            Some(chunk) => &chunk[at % CHUNK],
+            None => &self.open[at - self.sealed.len() * CHUNK],
+        }
     }
 
     /// The frames after `last` that match `topics`, and whether a gap
     /// precedes them.
     pub fn replay(&self, last: EventId, topics: &TopicFilter) -> Replay {
-        let matching = |from: usize| -> Vec<SharedFrame> {
-            self.frames
-                .range(from..)
-                .filter(|f| topics.matches(&f.topic))
-                .cloned()
-                .collect()
-        };
         if Some(last) == self.newest {
             return Replay::default();
         }
-        match self.frames.binary_search_by(|f| f.id.cmp(&last)) {
-            Ok(i) => Replay {
-                gap: None,
-                frames: matching(i + 1),
-            },
-            Err(_) if Some(last) == self.evicted_upto => Replay {
-                gap: None,
-                frames: matching(0),
-            },
-            Err(i) => Replay {
-                gap: Some(self.frames.front().map(|f| f.id)),
-                frames: matching(i),
-            },
+        let len = self.len();
+        // Ids grow: the first frame above `last`, by bisection.
+        let (mut lo, mut hi) = (0, len);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.get(mid).id <= last {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
         }
-    }
-
-    /// How many events are retained now.
-    pub fn len(&self) -> usize {
-        self.frames.len()
+        let known = lo > 0 && self.get(lo - 1).id == last;
+        let gap = if known || Some(last) == self.evicted_upto {
+            None
+        } else {
+            Some((len > 0).then(|| self.get(0).id))
+        };
+        Replay {
+            gap,
+            frames: (lo..len)
+                .map(|i| self.get(i))
+                .filter(|f| topics.matches(&f.topic))
+                .cloned()
+                .collect(),
+        }
     }
 }
 
@@ -298,6 +389,94 @@ mod tests {
         assert_eq!(h.replay(id(5), &TopicFilter::All).gap, None);
         let h = filled(100, 0, 5);
         assert_eq!(h.len(), 0);
+    }
+
+    /// The ring against a plain list of what it should retain, across many
+    /// chunks, evictions by count and by bytes, and every kind of id.
+    #[test]
+    fn agrees_with_a_plain_list() {
+        let mut seed = 7u64;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        for (max_events, max_bytes) in [
+            (1, 1 << 20),
+            (64, 1 << 20),
+            (200, 1 << 20),
+            (1000, 3000),
+            (150, 700),
+        ] {
+            let mut h = History::new(max_events, max_bytes);
+            let mut model: VecDeque<SharedFrame> = VecDeque::new();
+            let mut evicted = 0;
+            for ms in 1..=2000u64 {
+                let topic = if next(3) == 0 { "even" } else { "odd" };
+                let f = frame(ms * 2, topic, 1 + next(20) as usize);
+                model.push_back(f.clone());
+                while model.len() > max_events
+                    || model.iter().map(|f| f.bytes.len()).sum::<usize>() > max_bytes
+                {
+                    evicted = model.pop_front().unwrap().id.ms;
+                }
+                h.append(f);
+                assert_eq!(h.len(), model.len());
+                if next(10) != 0 {
+                    continue;
+                }
+                let snapshot = h.snapshot();
+                let oldest = model.front().unwrap().id.ms;
+                // the newest, retained ids, the last evicted one, ids never
+                // issued (odd), from before the ring and from the future
+                for last in [
+                    ms * 2,
+                    oldest,
+                    oldest + 2 * next(max_events as u64),
+                    oldest - 2,
+                    oldest + 1,
+                    1,
+                    ms * 2 + 1,
+                    0,
+                ] {
+                    let topics = TopicFilter::Only(vec!["even".into()]);
+                    let r = snapshot.replay(id(last), &topics);
+                    let want: Vec<u64> = model
+                        .iter()
+                        .filter(|f| f.id.ms > last && &*f.topic == "even")
+                        .map(|f| f.id.ms)
+                        .collect();
+                    assert_eq!(
+                        ids(&r),
+                        want,
+                        "after {last}, ring {max_events}/{max_bytes} at {ms}"
+                    );
+                    let no_gap = last == ms * 2
+                        || (last > 0 && last == evicted)
+                        || model.iter().any(|f| f.id.ms == last);
+                    assert_eq!(r.gap.is_none(), no_gap, "after {last} at {ms}");
+                    if let Some(gap) = r.gap {
+                        assert_eq!(gap, Some(id(oldest)));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_snapshot_is_not_changed_by_later_appends() {
+        let mut h = filled(100, 1 << 20, 150);
+        let before = h.snapshot();
+        for ms in 151..=400 {
+            h.append(frame(ms, "odd", 10));
+        }
+        let r = before.replay(id(140), &TopicFilter::All);
+        assert_eq!(ids(&r), (141..=150).collect::<Vec<_>>());
+        assert_eq!(
+            ids(&h.replay(id(390), &TopicFilter::All)),
+            (391..=400).collect::<Vec<_>>()
+        );
     }
 
     #[test]

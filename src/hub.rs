@@ -404,11 +404,13 @@ impl Hub {
     }
 
     /// Registers a subscriber and takes what the log owes it after `last`.
-    /// A local log is read in the same critical section, so every event is
-    /// either in the replay or in the queue, never both and never neither. A
-    /// shared log is read after registering, outside the lock: an event can
-    /// then be in both, and the stream skips queued frames not above the
-    /// last replayed one (ids only grow).
+    /// A local log's snapshot is taken in the same critical section, so
+    /// every event is either in the replay or in the queue, never both and
+    /// never neither; it is scanned after the lock is let go, so a replay of
+    /// the whole history does not hold up publishers. A shared log is read
+    /// after registering, outside the lock: an event can then be in both,
+    /// and the stream skips queued frames not above the last replayed one
+    /// (ids only grow).
     pub fn subscribe(
         &self,
         topics: TopicFilter,
@@ -422,14 +424,8 @@ impl Hub {
             return Err(SubscribeError::Full);
         }
         let shared = self.log.shared();
-        let replay = match last {
-            Some(last) if !shared => self
-                .log
-                .replay(last, &topics)
-                .map_err(SubscribeError::Unavailable)?,
-            _ => Replay::default(),
-        };
-        let replay_later = last.filter(|_| shared).map(|last| (last, topics.clone()));
+        let snapshot = last.filter(|_| !shared).and_then(|_| self.log.snapshot());
+        let replay_later = last.map(|last| (last, topics.clone()));
         let (tx, rx) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared::default());
         let key = inner.next_key;
@@ -448,15 +444,18 @@ impl Hub {
             hub: self,
             key,
             rx,
-            replay,
+            replay: Replay::default(),
             shared,
         };
         if let Some((last, topics)) = replay_later {
-            // On failure `sub` is dropped, which unregisters it.
-            sub.replay = self
-                .log
-                .replay(last, &topics)
-                .map_err(SubscribeError::Unavailable)?;
+            sub.replay = match snapshot {
+                Some(snapshot) => snapshot.replay(last, &topics),
+                // On failure `sub` is dropped, which unregisters it.
+                None => self
+                    .log
+                    .replay(last, &topics)
+                    .map_err(SubscribeError::Unavailable)?,
+            };
         }
         Ok(sub)
     }
