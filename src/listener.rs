@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -104,15 +104,30 @@ fn accept_loop(
                 }
                 open.fetch_add(1, Ordering::Relaxed);
                 let counted = Counted(app.clone());
+                // The thread takes the stream out; if it cannot be started,
+                // the stream is still here to be answered.
+                let handed = Arc::new(Mutex::new(Some(stream)));
+                let taken = handed.clone();
                 let spawned = thread::Builder::new()
                     .name("conn".into())
                     .stack_size(STACK_BYTES)
                     .spawn(move || {
-                        http::serve_connection(stream, &counted.0);
+                        let stream = taken.lock().ok().and_then(|mut s| s.take());
+                        drop(taken);
+                        if let Some(stream) = stream {
+                            http::serve_connection(stream, &counted.0);
+                        }
                         drop(counted);
                     });
                 if let Err(e) = spawned {
+                    // Out of threads (a cgroup's pids.max, RLIMIT_NPROC, or
+                    // the machine's thread ids, taken by someone else since
+                    // startup): answer as for too many connections.
                     log::warn!("could not start a connection thread: {e}");
+                    let stream = handed.lock().ok().and_then(|mut s| s.take());
+                    if let Some(stream) = stream {
+                        refuse(&refuse_tx, stream);
+                    }
                 }
             }
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,

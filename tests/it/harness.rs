@@ -30,6 +30,8 @@ pub struct Start<'a> {
     pub open_files: Option<u64>,
     /// Bind to this exact address instead of port 0.
     pub bind: Option<SocketAddr>,
+    /// Start the child in this cgroup (its `cgroup.procs`, NUL-terminated).
+    pub cgroup_procs: Option<std::ffi::CString>,
 }
 
 impl Hub {
@@ -62,6 +64,37 @@ impl Hub {
                         rlim_max: n,
                     };
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        if let Some(procs) = opts.cgroup_procs {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only async-signal-safe calls (getpid, open, write,
+            // close) on memory owned by the closure; no allocation.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut digits = [0u8; 20];
+                    let mut at = digits.len();
+                    let mut pid = libc::getpid() as u32;
+                    loop {
+                        at -= 1;
+                        digits[at] = b'0' + (pid % 10) as u8;
+                        pid /= 10;
+                        if pid == 0 {
+                            break;
+                        }
+                    }
+                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let len = digits.len() - at;
+                    let written = libc::write(fd, digits[at..].as_ptr().cast(), len);
+                    libc::close(fd);
+                    if written != len as isize {
                         return Err(std::io::Error::last_os_error());
                     }
                     Ok(())
@@ -259,6 +292,28 @@ pub fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Subscribes `n` times, one connection after another: the streams that
+/// were admitted, how many were refused with `503` and `Retry-After`, and
+/// how many were closed unanswered.
+pub fn subscribe_many(hub: &Hub, n: usize) -> (Vec<TcpStream>, usize, usize) {
+    let (mut admitted, mut refused, mut closed) = (Vec::new(), 0, 0);
+    for _ in 0..n {
+        let mut s = hub.connect();
+        s.write_all(b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        match read_head(&mut s) {
+            Ok(r) if r.status == 200 => admitted.push(s),
+            Ok(r) if r.status == 503 => {
+                assert_eq!(r.header("retry-after"), Some("1"));
+                refused += 1;
+            }
+            Ok(r) => panic!("unexpected {}", r.status),
+            Err(_) => closed += 1,
+        }
+    }
+    (admitted, refused, closed)
 }
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes.

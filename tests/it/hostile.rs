@@ -357,21 +357,7 @@ fn running_out_of_file_descriptors_refuses_then_recovers() {
             ..Start::default()
         },
     );
-    let (mut admitted, mut refused, mut closed) = (Vec::new(), 0, 0);
-    for _ in 0..400 {
-        let mut s = hub.connect();
-        s.write_all(b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .unwrap();
-        match crate::harness::read_head(&mut s) {
-            Ok(r) if r.status == 200 => admitted.push(s),
-            Ok(r) if r.status == 503 => {
-                assert_eq!(r.header("retry-after"), Some("1"));
-                refused += 1;
-            }
-            Ok(r) => panic!("unexpected {}", r.status),
-            Err(_) => closed += 1,
-        }
-    }
+    let (admitted, refused, closed) = crate::harness::subscribe_many(&hub, 400);
     eprintln!(
         "open-file limit 256: {} admitted, {refused} refused (503), {closed} closed",
         admitted.len()

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::harness::{poll, Hub, Start};
+use crate::cgroup::PidsCgroup;
+use crate::harness::{poll, subscribe_many, Hub, Start};
 
 /// A subscriber that never reads is evicted with a proper stream end; a
 /// fast reader beside it gets everything; publishing never waits.
@@ -124,4 +125,79 @@ fn the_soft_open_file_limit_is_raised_to_the_hard_limit() {
     assert_eq!(fields[3], fields[4], "soft != hard: {line}");
     let mut b = [0u8; 1];
     let _ = hub.connect().read(&mut b);
+}
+
+/// A container or a systemd unit may allow the process fewer threads than
+/// the machine has; each stream takes one.
+#[test]
+fn a_pids_cgroup_clamps_streams_to_the_threads_it_allows() {
+    let Some(cgroup) = PidsCgroup::create(640) else {
+        return;
+    };
+    let hub = Hub::start_with(
+        &["--max-subscribers", "10000"],
+        Start {
+            cgroup_procs: Some(cgroup.procs()),
+            ..Start::default()
+        },
+    );
+    // 640, less the few threads of a hub at rest and 512 kept in reserve,
+    // less the tenth of the connections left for publishers.
+    let max = hub.metric("ssehub_max_subscribers") as usize;
+    assert!(max > 50 && max < 128, "clamped to {max}");
+    let log = hub.log();
+    assert!(log.contains("machine's threads (open files"), "{log}");
+    assert!(
+        log.contains(&format!("holding at most {max} streams")),
+        "{log}"
+    );
+
+    let (admitted, refused, closed) = subscribe_many(&hub, max + 30);
+    assert_eq!((admitted.len(), refused, closed), (max, 30, 0));
+    assert!(cgroup.current() < 640);
+    assert_eq!(hub.post("/events", b"full", "").status, 200);
+    drop(admitted);
+    assert!(poll(Duration::from_secs(5), || hub
+        .metric("ssehub_subscribers")
+        == 0));
+    hub.canary();
+}
+
+/// Threads can run out after startup (others in the cgroup take them): a
+/// connection whose thread cannot be started is answered, not dropped.
+#[test]
+fn a_connection_whose_thread_cannot_start_is_answered_503() {
+    let Some(cgroup) = PidsCgroup::create(2000) else {
+        return;
+    };
+    let hub = Hub::start_with(
+        &[],
+        Start {
+            cgroup_procs: Some(cgroup.procs()),
+            ..Start::default()
+        },
+    );
+    assert!(hub.metric("ssehub_max_subscribers") > 1000);
+    // Room for 20 more threads (give or take the one that just answered
+    // the metric, which may not have ended yet).
+    cgroup.set_max(cgroup.current() + 20).unwrap();
+
+    let (admitted, refused, closed) = subscribe_many(&hub, 60);
+    assert_eq!(closed, 0, "closed unanswered");
+    assert!(
+        (10..=21).contains(&admitted.len()),
+        "{} admitted",
+        admitted.len()
+    );
+    assert_eq!(admitted.len() + refused, 60);
+    assert!(hub.log().contains("could not start a connection thread"));
+
+    cgroup.set_max(2000).unwrap();
+    drop(admitted);
+    assert!(poll(Duration::from_secs(5), || hub
+        .metric("ssehub_subscribers")
+        == 0));
+    hub.canary();
+    let (again, refused, _) = subscribe_many(&hub, 50);
+    assert_eq!((again.len(), refused), (50, 0));
 }

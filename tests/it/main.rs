@@ -4,6 +4,7 @@ mod harness;
 
 mod access;
 mod browser;
+mod cgroup;
 mod hostile;
 mod limits;
 mod netns;
