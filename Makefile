@@ -12,11 +12,20 @@ run:
 build:
 	$(CARGO) build --release
 
-# Real components for the end-to-end tests: Redis and headless Chromium.
+# apt-get install that starts no service: Debian's nginx would otherwise
+# start listening on port 80 of every interface (a policy-rc.d that refuses,
+# unless the machine has one already).
+APT_INSTALL = sh -c 'made=; \
+	if [ ! -e /usr/sbin/policy-rc.d ]; then printf "\#!/bin/sh\nexit 101\n" >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made=1; fi; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$$@" >/dev/null; rc=$$?; \
+	if [ -n "$$made" ]; then rm -f /usr/sbin/policy-rc.d; fi; exit $$rc' apt-install
+
+# Real components for the end-to-end tests: Redis, headless Chromium, and
+# nginx in front of a hub.
 deps:
-	@if ! command -v redis-server >/dev/null || ! command -v chromium >/dev/null; then \
-		echo "installing redis-server and chromium"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server chromium >/dev/null; \
+	@if ! command -v redis-server >/dev/null || ! command -v chromium >/dev/null || [ ! -x /usr/sbin/nginx ]; then \
+		echo "installing redis-server, chromium and nginx"; \
+		$(APT_INSTALL) redis-server chromium nginx; \
 	fi
 
 lint:
@@ -36,11 +45,11 @@ screenshot: deps
 bench-deps:
 	@if [ ! -x /usr/sbin/nginx ] || [ ! -f /usr/lib/nginx/modules/ngx_nchan_module.so ]; then \
 		echo "installing nginx and libnginx-mod-nchan"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-nchan >/dev/null; \
+		$(APT_INSTALL) nginx libnginx-mod-nchan; \
 	fi
 	@if ! command -v redis-server >/dev/null; then \
 		echo "installing redis-server"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+		$(APT_INSTALL) redis-server; \
 	fi
 
 # The same scenarios against ssehub, nchan and an axum baseline, in one run
