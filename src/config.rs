@@ -167,27 +167,28 @@ fn check_token(option: &'static str, value: &Option<String>) -> Result<(), Confi
 
 /// `--allowed-hosts`: host names without ports, compared in lower case.
 fn host_list(list: &str) -> Result<Vec<String>, ConfigError> {
-    let names: Vec<String> = list
-        .split(',')
-        .map(|n| n.trim().trim_end_matches('.').to_ascii_lowercase())
-        .collect();
-    let valid = |n: &String| match n.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
-        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
-        None => {
-            !n.is_empty()
+    // As requests' names are compared: IPv6 literals in canonical form.
+    let name = |n: &str| -> Option<String> {
+        let n = n.trim().trim_end_matches('.').to_ascii_lowercase();
+        match n.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+            Some(v6) => v6
+                .parse::<std::net::Ipv6Addr>()
+                .ok()
+                .map(|ip| format!("[{ip}]")),
+            None => (!n.is_empty()
                 && n.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)))
+            .then_some(n),
         }
     };
-    if names.iter().all(valid) {
-        Ok(names)
-    } else {
-        Err(ConfigError::Invalid {
+    list.split(',')
+        .map(name)
+        .collect::<Option<Vec<String>>>()
+        .ok_or_else(|| ConfigError::Invalid {
             option: "--allowed-hosts",
             value: list.escape_debug().to_string(),
             why: "expected host names such as hub.example.com,10.0.0.5 (no ports), or *",
         })
-    }
 }
 
 impl Config {
@@ -299,7 +300,8 @@ mod tests {
         assert!(refusal(&["--allowed-hosts", "a.example:80/x"]).contains("--allowed-hosts"));
         assert!(refusal(&["--allowed-hosts", "a,,b"]).contains("--allowed-hosts"));
         assert!(refusal(&["--allowed-hosts", "a.example:80"]).contains("--allowed-hosts"));
-        assert!(parse(&["--allowed-hosts", "[2001:db8::1]"]).is_ok());
+        let c = parse(&["--allowed-hosts", "[2001:DB8:0:0::1]"]).unwrap();
+        assert_eq!(c.allowed_hosts, Some(vec!["[2001:db8::1]".into()]));
     }
 
     #[test]

@@ -205,6 +205,7 @@ fn route(mut conn: Conn, head: Head, app: &App) -> Option<Conn> {
     let body_unread = !matches!(framing, Ok(Framing::None | Framing::Length(0)));
     let reply = match framing {
         Err(e) => Err(Refusal::from(e)),
+        Ok(_) if request_host(&head).is_err() => Err(Refusal::new(400, "malformed Host field")),
         Ok(_) if !host_allowed(&head, app.config.allowed_hosts.as_deref()) => Err(Refusal::new(
             403,
             "this hub is not served under that Host name (see --allowed-hosts)",
@@ -343,11 +344,10 @@ fn bodyless(conn: &mut Conn, framing: Framing) -> Result<(), Refusal> {
 /// `/path?query` → (`/path`, `query`); an absolute-form target keeps only
 /// its path.
 fn split_target(target: &str) -> (&str, &str) {
-    let target = match target
-        .strip_prefix("http://")
-        .or(target.strip_prefix("https://"))
-    {
-        Some(rest) => rest.find('/').map_or("/", |i| &rest[i..]),
+    let target = match absolute_form(target) {
+        Some((_, "")) => "/",
+        Some((_, rest)) if rest.starts_with('?') => return ("/", &rest[1..]),
+        Some((_, rest)) => rest,
         None => target,
     };
     target.split_once('?').unwrap_or((target, ""))
@@ -399,29 +399,70 @@ fn same_secret(given: &[u8], secret: &[u8]) -> bool {
 }
 
 /// Whether the request names a host this hub answers for. Loopback names
-/// always pass; so does a request without `Host` (HTTP/1.0, not a browser).
-/// Against DNS rebinding: a page whose name an attacker points at 127.0.0.1
-/// is same-origin with a hub on loopback, but its requests still carry the
-/// attacker's name in `Host`.
+/// always pass; so does a request that names none (HTTP/1.0 without `Host`,
+/// not a browser). Against DNS rebinding: a page whose name an attacker
+/// points at 127.0.0.1 is same-origin with a hub on loopback, but its
+/// requests still carry the attacker's name in `Host`.
 fn host_allowed(head: &Head, allowed: Option<&[String]>) -> bool {
     let Some(allowed) = allowed else {
         return true;
     };
-    let Ok(Some(host)) = head.single("Host") else {
-        return head.single("Host").is_ok();
-    };
-    let name = host_name(host);
-    is_loopback_name(&name) || allowed.contains(&name)
+    match request_host(head) {
+        Ok(Some(name)) => is_loopback_name(&name) || allowed.contains(&name),
+        Ok(None) => true,
+        Err(()) => false,
+    }
 }
 
-/// The name in a `Host` value: without the port and a trailing dot, in
-/// lower case; an IPv6 literal keeps its brackets.
-fn host_name(host: &str) -> String {
-    let name = match host.find(']') {
-        Some(end) if host.starts_with('[') => &host[..=end],
-        _ => host.split(':').next().unwrap_or_default(),
+/// The host a request is addressed to (RFC 9112 §3.2.2): the authority of
+/// an absolute-form target, else `Host`; by name (`host_name`). Err when
+/// it is malformed.
+fn request_host(head: &Head) -> Result<Option<String>, ()> {
+    if let Some((authority, _)) = absolute_form(&head.target) {
+        return host_name(authority).map(Some);
+    }
+    match head.single("Host") {
+        Ok(Some(host)) => host_name(host).map(Some),
+        Ok(None) => Ok(None),
+        Err(_) => Err(()),
+    }
+}
+
+/// `http://AUTHORITY/rest` or `https://…`, the scheme in any case.
+fn absolute_form(target: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = target.split_once("://")?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    Some(rest.split_at(end))
+}
+
+/// The name in a `Host` value (`uri-host [":" port]`, RFC 9110 §7.2):
+/// without the port and a trailing dot, in lower case; an IPv6 literal in
+/// its brackets, in canonical form. Err for anything else (userinfo, a
+/// second colon, a path).
+fn host_name(host: &str) -> Result<String, ()> {
+    let (name, port) = match host.strip_prefix('[') {
+        Some(v6) => {
+            let (ip, port) = v6.split_once(']').ok_or(())?;
+            let ip: std::net::Ipv6Addr = ip.parse().map_err(|_| ())?;
+            (format!("[{ip}]"), port)
+        }
+        None => {
+            let (name, port) = host.find(':').map_or((host, ""), |i| host.split_at(i));
+            let reg_name = |b: u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b);
+            if !name.bytes().all(reg_name) {
+                return Err(());
+            }
+            (name.trim_end_matches('.').to_ascii_lowercase(), port)
+        }
     };
-    name.trim_end_matches('.').to_ascii_lowercase()
+    match port.strip_prefix(':') {
+        None if port.is_empty() => Ok(name),
+        Some(digits) if digits.bytes().all(|b| b.is_ascii_digit()) => Ok(name),
+        _ => Err(()),
+    }
 }
 
 fn is_loopback_name(name: &str) -> bool {
@@ -647,6 +688,9 @@ mod tests {
         assert_eq!(split_target("/events"), ("/events", ""));
         assert_eq!(split_target("http://h:1/events?x"), ("/events", "x"));
         assert_eq!(split_target("http://h"), ("/", ""));
+        assert_eq!(split_target("HTTP://h?x"), ("/", "x"));
+        assert_eq!(absolute_form("HTTPS://h:1/e?x"), Some(("h:1", "/e?x")));
+        assert_eq!(absolute_form("/e?x=http://h"), None);
     }
 
     #[test]
@@ -676,9 +720,26 @@ mod tests {
             ("LocalHost:8080", "localhost"),
             ("hub.example.", "hub.example"),
             ("[::1]:80", "[::1]"),
+            ("[0:0::1]", "[::1]"),
+            ("[2001:DB8::1]:", "[2001:db8::1]"),
             ("127.0.0.1", "127.0.0.1"),
+            ("", ""),
         ] {
-            assert_eq!(host_name(host), name);
+            assert_eq!(host_name(host), Ok(name.to_string()), "{host}");
+        }
+        for host in [
+            "localhost:80@evil.example",
+            "localhost@evil.example",
+            "localhost:8080:evil",
+            "localhost:8o",
+            "[::1]evil",
+            "[::1]:80@evil",
+            "[::1",
+            "[evil]",
+            "localhost/x",
+            "local host",
+        ] {
+            assert_eq!(host_name(host), Err(()), "{host}");
         }
         for name in [
             "localhost",

@@ -206,11 +206,29 @@ fn a_hub_on_loopback_answers_only_to_loopback_names() {
     // No Host at all: HTTP/1.0, not a browser.
     let r = hub.raw(b"GET /healthz HTTP/1.0\r\n\r\n");
     assert_eq!(r.status, 200);
+
+    // An absolute-form target names the host instead of Host (RFC 9112).
+    assert_eq!(get("http://evil.example/healthz", "localhost").status, 403);
+    assert_eq!(
+        get(&format!("HTTP://localhost:{port}/healthz"), "evil.example").status,
+        200
+    );
+    // A Host that is not a host: refused, not read as its first part.
+    for host in ["localhost:80@evil.example", "localhost:1:evil", "[::1]evil"] {
+        let r = get("/healthz", host);
+        assert_eq!(
+            (r.status, r.text()),
+            (400, "malformed Host field\n".into()),
+            "{host}"
+        );
+    }
+    let r = get("http://user@localhost/healthz", "localhost");
+    assert_eq!(r.status, 400);
 }
 
 #[test]
 fn allowed_hosts_names_the_hub_behind_a_proxy() {
-    let hub = Hub::start(&["--allowed-hosts", "hub.example,10.0.0.5"]);
+    let hub = Hub::start(&["--allowed-hosts", "hub.example,10.0.0.5,[2001:DB8:0::1]"]);
     let get = |host: &str| {
         hub.raw(
             format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
@@ -222,6 +240,7 @@ fn allowed_hosts_names_the_hub_behind_a_proxy() {
         "HUB.example:443",
         "10.0.0.5:8080",
         "localhost",
+        "[2001:db8::1]:8080",
     ] {
         assert_eq!(get(host).status, 200, "{host}");
     }
