@@ -123,6 +123,10 @@ impl EventLog for MemoryLog {
 /// Frames per sealed chunk of the ring: a snapshot copies one pointer per
 /// chunk and the frames of the unsealed one.
 const CHUNK: usize = 64;
+/// Evicted frames the oldest chunk may keep alive, in bytes, before what is
+/// left of it is sealed again without them (also after half a chunk): so
+/// memory stays within `--history-bytes` plus this.
+const RESEAL_BYTES: usize = 64 * 1024;
 
 /// The in-memory replay ring. Frames are kept in sealed, shared chunks and
 /// one open chunk, so that a reader can take a snapshot in a few
@@ -130,10 +134,12 @@ const CHUNK: usize = 64;
 /// replay of the whole history never holds up publishers.
 #[derive(Debug)]
 pub struct History {
-    /// Full chunks, oldest first; the first may have evicted frames in
-    /// front (`skip`).
+    /// Sealed chunks, oldest first, all of `CHUNK` frames but the first,
+    /// which may be shorter and may hold evicted frames in front (`skip`,
+    /// of `skipped_bytes`).
     sealed: VecDeque<Arc<[SharedFrame]>>,
     skip: usize,
+    skipped_bytes: usize,
     /// The newest frames, fewer than `CHUNK`.
     open: Vec<SharedFrame>,
     len: usize,
@@ -154,6 +160,7 @@ impl History {
         History {
             sealed: VecDeque::new(),
             skip: 0,
+            skipped_bytes: 0,
             open: Vec::new(),
             len: 0,
             bytes: 0,
@@ -165,13 +172,17 @@ impl History {
     }
 
     fn evict_oldest(&mut self) {
-        let old = match self.sealed.front() {
+        let old = match self.sealed.front_mut() {
             Some(chunk) => {
                 let old = chunk[self.skip].clone();
                 self.skip += 1;
+                self.skipped_bytes += old.bytes.len();
                 if self.skip == chunk.len() {
                     self.sealed.pop_front();
-                    self.skip = 0;
+                    (self.skip, self.skipped_bytes) = (0, 0);
+                } else if self.skipped_bytes >= RESEAL_BYTES || self.skip >= CHUNK / 2 {
+                    *chunk = chunk[self.skip..].into();
+                    (self.skip, self.skipped_bytes) = (0, 0);
                 }
                 old
             }
@@ -189,7 +200,7 @@ impl History {
         if self.max_events == 0 || frame.bytes.len() > self.max_bytes {
             self.evicted_upto = Some(frame.id);
             self.sealed.clear();
-            self.skip = 0;
+            (self.skip, self.skipped_bytes) = (0, 0);
             self.open.clear();
             self.len = 0;
             self.bytes = 0;
@@ -240,16 +251,25 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Retained frames in the first sealed chunk.
+    fn first(&self) -> usize {
+        self.sealed.first().map_or(0, |c| c.len() - self.skip)
+    }
+
     fn len(&self) -> usize {
-        self.sealed.len() * CHUNK - self.skip + self.open.len()
+        self.first() + self.sealed.len().saturating_sub(1) * CHUNK + self.open.len()
     }
 
     /// The `i`th retained frame, oldest first.
     fn get(&self, i: usize) -> &SharedFrame {
-        let at = i + self.skip;
-        match self.sealed.get(at / CHUNK) {
-            Some(chunk) => &chunk[at % CHUNK],
-            None => &self.open[at - self.sealed.len() * CHUNK],
+        let first = self.first();
+        if i < first {
+            return &self.sealed[0][self.skip + i];
+        }
+        let i = i - first;
+        match self.sealed.get(1 + i / CHUNK) {
+            Some(chunk) => &chunk[i % CHUNK],
+            None => &self.open[i - self.sealed.len().saturating_sub(1) * CHUNK],
         }
     }
 
@@ -423,6 +443,15 @@ mod tests {
                 }
                 h.append(f);
                 assert_eq!(h.len(), model.len());
+                let held: usize = h
+                    .sealed
+                    .iter()
+                    .flat_map(|c| c.iter())
+                    .chain(&h.open)
+                    .map(|f| f.bytes.len())
+                    .sum();
+                assert_eq!(held, h.bytes + h.skipped_bytes);
+                assert!(h.skip < CHUNK / 2 && h.skipped_bytes < RESEAL_BYTES);
                 if next(10) != 0 {
                     continue;
                 }
@@ -462,6 +491,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn evicted_events_do_not_stay_in_memory() {
+        // 128 events of 8 KiB fit: two chunks, evicted from the front.
+        let mut h = History::new(10_000, 1 << 20);
+        for ms in 1..=2000 {
+            h.append(frame(ms, "odd", 8 * 1024));
+            let held: usize = h
+                .sealed
+                .iter()
+                .flat_map(|c| c.iter())
+                .chain(&h.open)
+                .map(|f| f.bytes.len())
+                .sum();
+            assert!(held < (1 << 20) + RESEAL_BYTES, "{held} bytes held at {ms}");
+        }
+        assert_eq!(h.len(), 128);
+        assert_eq!(
+            ids(&h.replay(id(1996), &TopicFilter::All)),
+            [1997, 1998, 1999, 2000]
+        );
     }
 
     #[test]
