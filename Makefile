@@ -15,10 +15,10 @@ build:
 # apt-get install that starts no service: Debian's nginx would otherwise
 # start listening on port 80 of every interface (a policy-rc.d that refuses,
 # unless the machine has one already).
-APT_INSTALL = sh -c 'made=; \
-	if [ ! -e /usr/sbin/policy-rc.d ]; then printf "\#!/bin/sh\nexit 101\n" >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made=1; fi; \
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$$@" >/dev/null; rc=$$?; \
-	if [ -n "$$made" ]; then rm -f /usr/sbin/policy-rc.d; fi; exit $$rc' apt-install
+APT_INSTALL = sh -c 'if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	trap "rm -f /usr/sbin/policy-rc.d" EXIT; trap "exit 130" INT TERM; \
+	printf "\#!/bin/sh\nexit 101\n" >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d; fi; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$$@" >/dev/null' apt-install
 
 # Real components for the end-to-end tests: Redis, headless Chromium, and
 # nginx in front of a hub.

@@ -34,8 +34,14 @@ impl PidsCgroup {
                 if !controllers.split_whitespace().any(|c| c == "pids") {
                     return Err("cgroup v2 without the pids controller".into());
                 }
-                fs::write(v2.join("cgroup.subtree_control"), "+pids")
-                    .map_err(|e| format!("enable pids in cgroup v2: {e}"))?;
+                // Children get the controller only where the root passes
+                // it on; enabling it there changes no limit.
+                let enabled =
+                    fs::read_to_string(v2.join("cgroup.subtree_control")).unwrap_or_default();
+                if !enabled.split_whitespace().any(|c| c == "pids") {
+                    fs::write(v2.join("cgroup.subtree_control"), "+pids")
+                        .map_err(|e| format!("enable pids in cgroup v2: {e}"))?;
+                }
                 v2
             };
             let dir = root.join(&name);
@@ -76,6 +82,8 @@ impl Drop for PidsCgroup {
     /// The hub must be gone first (declare the cgroup before the hub).
     fn drop(&mut self) {
         let dir = self.dir.clone();
-        poll(Duration::from_secs(5), || fs::remove_dir(&dir).is_ok());
+        if !poll(Duration::from_secs(5), || fs::remove_dir(&dir).is_ok()) {
+            eprintln!("warning: cgroup {} left behind", dir.display());
+        }
     }
 }

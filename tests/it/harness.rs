@@ -46,6 +46,12 @@ impl Hub {
         let mut all = vec!["--bind".to_string(), bind];
         all.extend(args.iter().map(|s| s.to_string()));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ssehub"));
+        // Only what the test gives: no option from the caller's environment.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("SSEHUB_") {
+                cmd.env_remove(name);
+            }
+        }
         cmd.args(&all)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())

@@ -55,6 +55,46 @@ fn readme_config(hub: SocketAddr, port: u16) -> String {
     lines.join("\n")
 }
 
+/// nginx with the README's config in `dir`, listening on `port`; None if
+/// it exited instead (the port was taken).
+fn spawn(dir: &std::path::Path, hub: SocketAddr, port: u16) -> Option<Child> {
+    let d = dir.display();
+    let conf = format!(
+        "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\n\
+         http {{\naccess_log off;\nclient_body_temp_path {d}/body;\nproxy_temp_path {d}/proxy;\n\
+         fastcgi_temp_path {d}/fastcgi;\nuwsgi_temp_path {d}/uwsgi;\nscgi_temp_path {d}/scgi;\n{}\n}}\n",
+        readme_config(hub, port)
+    );
+    fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let mut child = Command::new(NGINX)
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .args(["-g", "daemon off;"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nginx");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut exited = false;
+    let up = poll(Duration::from_secs(10), || {
+        exited = matches!(child.try_wait(), Ok(Some(_)));
+        exited || TcpStream::connect(addr).is_ok()
+    });
+    if exited {
+        return None;
+    }
+    if !up {
+        let _ = child.kill();
+        let _ = child.wait();
+        let log = fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+        panic!("nginx did not listen on {addr}: {log}");
+    }
+    Some(child)
+}
+
 impl Nginx {
     fn start(hub: &Hub) -> Option<Nginx> {
         if !std::path::Path::new(NGINX).exists() {
@@ -69,40 +109,24 @@ impl Nginx {
         fs::create_dir_all(&dir).unwrap();
         // nginx's workers run as nobody when started by root.
         let _ = Command::new("chmod").arg("777").arg(&dir).status();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let d = dir.display();
-        let conf = format!(
-            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\n\
-             http {{\naccess_log off;\nclient_body_temp_path {d}/body;\nproxy_temp_path {d}/proxy;\n\
-             fastcgi_temp_path {d}/fastcgi;\nuwsgi_temp_path {d}/uwsgi;\nscgi_temp_path {d}/scgi;\n{}\n}}\n",
-            readme_config(hub.addr, port)
-        );
-        fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let child = Command::new(NGINX)
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .args(["-g", "daemon off;"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx");
-        let nginx = Nginx {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            dir,
-        };
-        let up = poll(Duration::from_secs(10), || {
-            TcpStream::connect(nginx.addr).is_ok()
-        });
-        assert!(up, "nginx did not listen: {}", nginx.error_log());
-        Some(nginx)
+        // A free port, which another test may take before nginx binds it:
+        // nginx then exits, and another port is tried.
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            if let Some(child) = spawn(&dir, hub.addr, port) {
+                return Some(Nginx {
+                    child,
+                    addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                    dir,
+                });
+            }
+        }
+        let log = fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+        panic!("nginx did not start: {log}");
     }
 
     fn error_log(&self) -> String {
