@@ -28,7 +28,7 @@ const POOL_SIZE: usize = 16;
 /// A publish or replay gives up after this, and answers 503.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long one `XREAD` blocks; after each the follower refreshes the length.
+/// How long one `XREAD` blocks; before each the follower refreshes the length.
 const BLOCK: Duration = Duration::from_secs(1);
 /// The follower's reconnection delay, doubled after each failure up to the cap.
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
@@ -380,26 +380,42 @@ impl Follower {
     }
 
     /// Reads the stream after `last` and fans each batch out, until a call
-    /// fails.
+    /// fails. Each read goes with a look at whether `last` is still there:
+    /// a follower that fell further behind than the stream keeps (a stalled
+    /// process, a manual `XTRIM`) would otherwise skip the trimmed entries
+    /// without a word. Redis runs one connection's pipelined commands back
+    /// to back, so nothing is trimmed between the look and the read.
     fn follow(&mut self, con: &mut Connection, hub: &Hub) -> Result<Infallible, RedisError> {
         loop {
-            let reply: Value = redis::cmd("XREAD")
+            let last = self.last.to_string();
+            let mut pipe = redis::pipe();
+            gap_probe(&mut pipe, &last)
+                .cmd("XLEN")
+                .arg(STREAM)
+                .cmd("XREAD")
                 .arg("COUNT")
                 .arg(PAGE)
                 .arg("BLOCK")
                 .arg(BLOCK.as_millis() as u64)
                 .arg("STREAMS")
                 .arg(STREAM)
-                .arg(self.last.to_string())
-                .query(con)?;
+                .arg(&last);
+            let (found, first, len, reply): (Value, Value, usize, Value) = pipe.query(con)?;
+            self.shared.len.store(len, Ordering::Relaxed);
+            // An empty stream at startup: nothing read yet to miss.
+            if self.last != (EventId { ms: 0, seq: 0 }) && trimmed_after(self.last, found, first) {
+                let ended = hub.end_streams();
+                log::warn!(
+                    "entries after {last} were trimmed before this process read them: \
+                     ended {ended} streams so their clients replay and see the gap"
+                );
+            }
             let batch = read_entries(reply);
             if let Some(&(newest, _)) = batch.last() {
                 self.last = newest;
                 let frames: Vec<SharedFrame> = batch.into_iter().filter_map(decode).collect();
                 hub.fan_out_followed(&frames);
             }
-            let len: usize = redis::cmd("XLEN").arg(STREAM).query(con)?;
-            self.shared.len.store(len, Ordering::Relaxed);
         }
     }
 
@@ -417,11 +433,7 @@ impl Follower {
             let last = self.last.to_string();
             let (found, first): (Value, Value) =
                 gap_probe(&mut redis::pipe(), &last).query(&mut con)?;
-            let trimmed = entries(found).is_empty()
-                && entries(first)
-                    .first()
-                    .is_some_and(|(first, _)| *first > self.last);
-            if trimmed {
+            if trimmed_after(self.last, found, first) {
                 let ended = hub.end_streams();
                 log::warn!(
                     "entries after {last} were trimmed while redis was unreachable: \
@@ -431,6 +443,15 @@ impl Follower {
         }
         Ok(con)
     }
+}
+
+/// From the two replies of `gap_probe`: `last` is gone and the stream now
+/// starts after it, so entries after `last` may have been trimmed unread.
+fn trimmed_after(last: EventId, found: Value, first: Value) -> bool {
+    entries(found).is_empty()
+        && entries(first)
+            .first()
+            .is_some_and(|(first, _)| *first > last)
 }
 
 /// Adds the two look-ups that tell whether entries after `id` may be

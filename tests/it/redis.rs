@@ -116,6 +116,34 @@ impl Redis {
         Some(String::from_utf8_lossy(&reply).trim_end().to_string())
     }
 
+    /// Sends one command whose reply is a bulk string, and returns it.
+    fn bulk(&self, args: &[&str]) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to redis");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes()).unwrap();
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(eol) = reply.windows(2).position(|w| w == b"\r\n") {
+                let head = String::from_utf8_lossy(&reply[..eol]).into_owned();
+                let len: usize = head
+                    .strip_prefix('$')
+                    .and_then(|n| n.parse().ok())
+                    .expect(&head);
+                if reply.len() >= eol + 2 + len {
+                    return String::from_utf8_lossy(&reply[eol + 2..eol + 2 + len]).into_owned();
+                }
+            }
+            let n = s.read(&mut buf).expect("redis replies");
+            assert!(n > 0, "redis closed");
+            reply.extend_from_slice(&buf[..n]);
+        }
+    }
+
     /// Sends `commands` in one write, so Redis runs them back to back, and
     /// waits until it has.
     fn pipeline(&self, commands: &[&[&str]]) {
@@ -516,6 +544,66 @@ fn a_follower_that_missed_trimmed_entries_ends_its_streams() {
         (
             Some("ssehub:gap"),
             format!(r#"{{"last_event_id":"{seen}","oldest_available":"{kept}"}}"#)
+        )
+    );
+    assert_eq!(sub.next_event().id, Some(kept));
+}
+
+/// Not only across an outage: a process that stalls while the stream moves
+/// on and is trimmed must not skip what it never read.
+#[test]
+fn a_follower_that_fell_behind_the_trimming_ends_its_streams() {
+    let Some(redis) = Redis::start() else { return };
+    let a = hub_on(&redis);
+    let mut sub = subscribe(&a, "/events", "");
+    let seen = a.publish("t", "seen");
+    assert_eq!(sub.next_event().id.as_deref(), Some(seen.as_str()));
+    // Stopped while its follower waits in XREAD: the next entry is handed
+    // to it, then two more arrive and the stream is trimmed to the newest.
+    assert!(poll(Duration::from_secs(10), || redis
+        .bulk(&["INFO", "clients"])
+        .contains("blocked_clients:1")));
+    a.signal(libc::SIGSTOP);
+    let (ms, _) = id_pair(&seen);
+    let [handed, missed, kept] = [1, 2, 3].map(|n| format!("{}-0", ms + n));
+    fn xadd(id: &str) -> [&str; 7] {
+        ["XADD", "ssehub:events", id, "topic", "t", "data", "x"]
+    }
+    redis.pipeline(&[&xadd(&handed)]);
+    redis.pipeline(&[
+        &xadd(&missed),
+        &xadd(&kept),
+        &["XTRIM", "ssehub:events", "MAXLEN", "1"],
+    ]);
+    a.signal(libc::SIGCONT);
+
+    // The stream ends, with or without the entry handed over first (ending
+    // it may overtake the write): never with what came after the gap.
+    let mut last = seen.clone();
+    while let Ok(ev) = sub.try_next_event() {
+        assert_eq!(ev.id.as_deref(), Some(handed.as_str()), "{ev:?}");
+        last = handed.clone();
+    }
+    assert!(
+        sub.ends_cleanly(Duration::from_secs(10)),
+        "stream not ended: {}",
+        String::from_utf8_lossy(&sub.received)
+    );
+    assert!(
+        a.wait_log(
+            "trimmed before this process read them",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        a.log()
+    );
+    let mut sub = subscribe(&a, "/events", &format!("Last-Event-ID: {last}\r\n"));
+    let gap = sub.next_event();
+    assert_eq!(
+        (gap.event.as_deref(), gap.data),
+        (
+            Some("ssehub:gap"),
+            format!(r#"{{"last_event_id":"{last}","oldest_available":"{kept}"}}"#)
         )
     );
     assert_eq!(sub.next_event().id, Some(kept));
