@@ -323,6 +323,12 @@ mod tests {
         })
     }
 
+    /// Bytes of every frame the ring keeps alive, evicted ones included.
+    fn held_bytes(h: &History) -> usize {
+        let sealed = h.sealed.iter().flat_map(|c| c.iter());
+        sealed.chain(&h.open).map(|f| f.bytes.len()).sum()
+    }
+
     fn ids(r: &Replay) -> Vec<u64> {
         r.frames.iter().map(|f| f.id.ms).collect()
     }
@@ -443,13 +449,7 @@ mod tests {
                 }
                 h.append(f);
                 assert_eq!(h.len(), model.len());
-                let held: usize = h
-                    .sealed
-                    .iter()
-                    .flat_map(|c| c.iter())
-                    .chain(&h.open)
-                    .map(|f| f.bytes.len())
-                    .sum();
+                let held = held_bytes(&h);
                 assert_eq!(held, h.bytes + h.skipped_bytes);
                 assert!(h.skip < CHUNK / 2 && h.skipped_bytes < RESEAL_BYTES);
                 if next(10) != 0 {
@@ -499,13 +499,7 @@ mod tests {
         let mut h = History::new(10_000, 1 << 20);
         for ms in 1..=2000 {
             h.append(frame(ms, "odd", 8 * 1024));
-            let held: usize = h
-                .sealed
-                .iter()
-                .flat_map(|c| c.iter())
-                .chain(&h.open)
-                .map(|f| f.bytes.len())
-                .sum();
+            let held = held_bytes(&h);
             assert!(held < (1 << 20) + RESEAL_BYTES, "{held} bytes held at {ms}");
         }
         assert_eq!(h.len(), 128);

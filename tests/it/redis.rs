@@ -501,6 +501,21 @@ fn followers_resume_after_their_connections_drop() {
     }
 }
 
+/// A client reconnecting with `last` learns of a gap before `kept`, the
+/// oldest entry left, and then gets it.
+fn reconnects_to_a_gap(hub: &Hub, last: &str, kept: &str) {
+    let mut sub = subscribe(hub, "/events", &format!("Last-Event-ID: {last}\r\n"));
+    let gap = sub.next_event();
+    assert_eq!(
+        (gap.event.as_deref(), gap.data),
+        (
+            Some("ssehub:gap"),
+            format!(r#"{{"last_event_id":"{last}","oldest_available":"{kept}"}}"#)
+        )
+    );
+    assert_eq!(sub.next_event().id.as_deref(), Some(kept));
+}
+
 #[test]
 fn a_follower_that_missed_trimmed_entries_ends_its_streams() {
     let Some(redis) = Redis::start() else { return };
@@ -537,16 +552,7 @@ fn a_follower_that_missed_trimmed_entries_ends_its_streams() {
         a.log()
     );
     // The client reconnects with its last id and learns of the gap.
-    let mut sub = subscribe(&a, "/events", &format!("Last-Event-ID: {seen}\r\n"));
-    let gap = sub.next_event();
-    assert_eq!(
-        (gap.event.as_deref(), gap.data),
-        (
-            Some("ssehub:gap"),
-            format!(r#"{{"last_event_id":"{seen}","oldest_available":"{kept}"}}"#)
-        )
-    );
-    assert_eq!(sub.next_event().id, Some(kept));
+    reconnects_to_a_gap(&a, &seen, &kept);
 }
 
 /// Not only across an outage: a process that stalls while the stream moves
@@ -597,16 +603,7 @@ fn a_follower_that_fell_behind_the_trimming_ends_its_streams() {
         "{}",
         a.log()
     );
-    let mut sub = subscribe(&a, "/events", &format!("Last-Event-ID: {last}\r\n"));
-    let gap = sub.next_event();
-    assert_eq!(
-        (gap.event.as_deref(), gap.data),
-        (
-            Some("ssehub:gap"),
-            format!(r#"{{"last_event_id":"{last}","oldest_available":"{kept}"}}"#)
-        )
-    );
-    assert_eq!(sub.next_event().id, Some(kept));
+    reconnects_to_a_gap(&a, &last, &kept);
 }
 
 #[test]
