@@ -95,6 +95,7 @@ fn accept_loop(
     mut spare: Option<File>,
 ) {
     let open: &AtomicU64 = &app.hub.metrics.connections;
+    let mut spawn_failures = Quiet::default();
     loop {
         match listener.accept() {
             Ok((stream, _)) => {
@@ -123,7 +124,9 @@ fn accept_loop(
                     // Out of threads (a cgroup's pids.max, RLIMIT_NPROC, or
                     // the machine's thread ids, taken by someone else since
                     // startup): answer as for too many connections.
-                    log::warn!("could not start a connection thread: {e}");
+                    if let Some(more) = spawn_failures.due(Instant::now()) {
+                        log::warn!("could not start a connection thread: {e}{more}");
+                    }
                     let stream = handed.lock().ok().and_then(|mut s| s.take());
                     if let Some(stream) = stream {
                         refuse(&refuse_tx, stream);
@@ -167,6 +170,7 @@ fn refuse(queue: &Sender<TcpStream>, stream: TcpStream) {
 /// a FIN rather than a reset that could destroy the answer.
 fn refuse_loop(queue: Receiver<TcpStream>) {
     let mut lingering: VecDeque<(TcpStream, Instant)> = VecDeque::new();
+    let mut refusals = Quiet::default();
     loop {
         let next = match lingering.front() {
             Some((_, until)) => queue.recv_deadline(*until),
@@ -180,13 +184,43 @@ fn refuse_loop(queue: Receiver<TcpStream>) {
                     }
                     lingering.push_back((stream, Instant::now() + LINGER));
                 }
-                log::info!("refused a connection: too many connections (503)");
+                if let Some(more) = refusals.due(Instant::now()) {
+                    log::info!("refused a connection: too many connections (503){more}");
+                }
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
         let now = Instant::now();
         lingering.retain(|(stream, until)| now < *until && !drained_to_eof(stream));
+    }
+}
+
+/// At most one log line a second for something that can happen thousands
+/// of times a second under a flood; the line says how many went unlogged.
+#[derive(Default)]
+struct Quiet {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Quiet {
+    /// Some(suffix for the line) when a line is due, else None.
+    fn due(&mut self, now: Instant) -> Option<String> {
+        if self
+            .last
+            .is_some_and(|last| now - last < Duration::from_secs(1))
+        {
+            self.unlogged += 1;
+            return None;
+        }
+        self.last = Some(now);
+        let more = std::mem::take(&mut self.unlogged);
+        Some(if more > 0 {
+            format!(" (and {more} more since the last such line)")
+        } else {
+            String::new()
+        })
     }
 }
 
@@ -212,4 +246,25 @@ fn drained_to_eof(mut stream: &TcpStream) -> bool {
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_logs_once_a_second_and_counts_the_rest() {
+        let mut q = Quiet::default();
+        let t0 = Instant::now();
+        assert_eq!(q.due(t0).as_deref(), Some(""));
+        for ms in 1..=500 {
+            assert_eq!(q.due(t0 + Duration::from_millis(ms)), None);
+        }
+        let line = q.due(t0 + Duration::from_millis(1000));
+        assert_eq!(
+            line.as_deref(),
+            Some(" (and 500 more since the last such line)")
+        );
+        assert_eq!(q.due(t0 + Duration::from_millis(2500)).as_deref(), Some(""));
+    }
 }

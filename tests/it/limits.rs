@@ -190,7 +190,15 @@ fn a_connection_whose_thread_cannot_start_is_answered_503() {
         admitted.len()
     );
     assert_eq!(admitted.len() + refused, 60);
-    assert!(hub.log().contains("could not start a connection thread"));
+    // Logged, but not once per connection: a flood would flood the log.
+    let lines = hub
+        .log()
+        .matches("could not start a connection thread")
+        .count();
+    assert!(
+        (1..10).contains(&lines),
+        "{lines} lines for {refused} failures"
+    );
 
     cgroup.set_max(2000).unwrap();
     drop(admitted);
