@@ -203,13 +203,11 @@ fn route(mut conn: Conn, head: Head, app: &App) -> Option<Conn> {
     // A refused request's body is not read, so the connection cannot be
     // trusted to hold a next request after it.
     let body_unread = !matches!(framing, Ok(Framing::None | Framing::Length(0)));
-    let reply = match framing {
-        Err(e) => Err(Refusal::from(e)),
-        Ok(_) if request_host(&head).is_err() => Err(Refusal::new(400, "malformed Host field")),
-        Ok(_) if !host_allowed(&head, app.config.allowed_hosts.as_deref()) => Err(Refusal::new(
-            403,
-            "this hub is not served under that Host name (see --allowed-hosts)",
-        )),
+    let checked = framing.map_err(Refusal::from).and_then(|framing| {
+        check_host(&head, app.config.allowed_hosts.as_deref()).map(|()| framing)
+    });
+    let reply = match checked {
+        Err(refusal) => Err(refusal),
         Ok(framing) => match (&head.method, path) {
             (Method::Get, "/events") => {
                 return subscribe(conn, &head, framing, query, app);
@@ -314,13 +312,19 @@ fn refuse(
 }
 
 fn with_cors(reply: Reply, app: &App) -> Reply {
-    match &app.config.cors_origin {
-        Some(origin) if origin == "*" => reply.header("Access-Control-Allow-Origin", "*"),
-        Some(origin) => reply
-            .header("Access-Control-Allow-Origin", origin.clone())
-            .header("Vary", "Origin"),
-        None => reply,
-    }
+    cors_fields(app.config.cors_origin.as_deref())
+        .fold(reply, |reply, (name, value)| reply.header(name, value))
+}
+
+/// The CORS fields of every `/events` answer, streams included: the allowed
+/// origin, and `Vary: Origin` unless it is `*` (the answer then differs by
+/// origin for caches).
+pub fn cors_fields(origin: Option<&str>) -> impl Iterator<Item = (&'static str, &str)> {
+    let vary = origin.filter(|o| *o != "*").map(|_| ("Vary", "Origin"));
+    origin
+        .map(|o| ("Access-Control-Allow-Origin", o))
+        .into_iter()
+        .chain(vary)
 }
 
 fn preflight() -> Reply {
@@ -398,19 +402,21 @@ fn same_secret(given: &[u8], secret: &[u8]) -> bool {
     diff == 0
 }
 
-/// Whether the request names a host this hub answers for. Loopback names
-/// always pass; so does a request that names none (HTTP/1.0 without `Host`,
-/// not a browser). Against DNS rebinding: a page whose name an attacker
-/// points at 127.0.0.1 is same-origin with a hub on loopback, but its
-/// requests still carry the attacker's name in `Host`.
-fn host_allowed(head: &Head, allowed: Option<&[String]>) -> bool {
-    let Some(allowed) = allowed else {
-        return true;
-    };
-    match request_host(head) {
-        Ok(Some(name)) => is_loopback_name(&name) || allowed.contains(&name),
-        Ok(None) => true,
-        Err(()) => false,
+/// Refuses a malformed host (400) and one this hub does not answer for
+/// (403). Loopback names always pass; so does a request that names none
+/// (HTTP/1.0 without `Host`, not a browser). Against DNS rebinding: a page
+/// whose name an attacker points at 127.0.0.1 is same-origin with a hub on
+/// loopback, but its requests still carry the attacker's name in `Host`.
+fn check_host(head: &Head, allowed: Option<&[String]>) -> Result<(), Refusal> {
+    let host = request_host(head).map_err(|()| Refusal::new(400, "malformed Host field"))?;
+    match (allowed, host) {
+        (Some(allowed), Some(name)) if !is_loopback_name(&name) && !allowed.contains(&name) => {
+            Err(Refusal::new(
+                403,
+                "this hub is not served under that Host name (see --allowed-hosts)",
+            ))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -423,8 +423,8 @@ impl Hub {
         if inner.streams >= self.limits.max_subscribers {
             return Err(SubscribeError::Full);
         }
-        let shared = self.log.shared();
-        let snapshot = last.filter(|_| !shared).and_then(|_| self.log.snapshot());
+        // None for a shared log, which is read below instead.
+        let snapshot = last.and_then(|_| self.log.snapshot());
         let replay_later = last.map(|last| (last, topics.clone()));
         let (tx, rx) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared::default());

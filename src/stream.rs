@@ -43,13 +43,8 @@ fn head(http10: bool, cors_origin: Option<&str>) -> String {
     h.push_str(
         "Content-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n",
     );
-    if let Some(origin) = cors_origin {
-        h.push_str("Access-Control-Allow-Origin: ");
-        h.push_str(origin);
-        h.push_str("\r\n");
-        if origin != "*" {
-            h.push_str("Vary: Origin\r\n");
-        }
+    for (name, value) in crate::http::cors_fields(cors_origin) {
+        h.push_str(&format!("{name}: {value}\r\n"));
     }
     h.push_str("\r\n");
     h

@@ -294,6 +294,7 @@ async fn start_server(kind: Kind, port: u16, paths: &Paths) -> Server {
 }
 
 /// Totals over every subscriber's account of one phase.
+#[derive(Default)]
 struct Tally {
     unique: u64,
     duplicate: u64,
@@ -306,16 +307,7 @@ struct Tally {
 }
 
 fn tally(accounts: &[Account]) -> Tally {
-    let mut t = Tally {
-        unique: 0,
-        duplicate: 0,
-        reordered: 0,
-        invalid: 0,
-        latency: Histogram::default(),
-        last_at: None,
-        complete: 0,
-        complete_at: Vec::new(),
-    };
+    let mut t = Tally::default();
     for a in accounts {
         t.unique += a.unique;
         t.duplicate += a.duplicate;
