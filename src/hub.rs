@@ -70,6 +70,37 @@ struct Laggard {
     shared: Arc<Shared>,
 }
 
+/// The receivers of one event that are behind, for `let_streams_catch_up`.
+#[derive(Default)]
+struct Laggards {
+    deepest: usize,
+    list: Vec<Laggard>,
+}
+
+impl Laggards {
+    /// Notes `s`, which has `depth` events queued with the new one, if it is
+    /// over a quarter of `queue` behind and not taken for stuck.
+    fn note(&mut self, s: &Subscriber, depth: usize, queue: usize) {
+        if !s.stalled && depth > queue / 4 {
+            self.deepest = self.deepest.max(depth);
+            self.list.push(Laggard {
+                key: s.key,
+                queue: s.watch.clone(),
+                shared: s.shared.clone(),
+            });
+        }
+    }
+
+    /// The ones to wait for: all of them once one is more than half of
+    /// `queue` behind, else none.
+    fn worth_waiting_for(mut self, queue: usize) -> Vec<Laggard> {
+        if self.deepest <= queue / 2 {
+            self.list.clear();
+        }
+        self.list
+    }
+}
+
 impl Laggard {
     /// Events still queued, or 0 once the hub has let go of it.
     fn backlog(&self) -> usize {
@@ -257,19 +288,24 @@ impl Hub {
     /// With a shared log the event is appended outside the lock and comes
     /// back through the follower (`fan_out_followed`), so this process
     /// delivers it in the same order as every other one. `receivers` counts
-    /// the matching subscribers registered when the log accepted it.
+    /// the matching subscribers registered when the log accepted it. The
+    /// publisher is held back as by `publish` while they are behind.
     fn publish_shared(&self, event: &Event) -> Result<Published, PublishError> {
         if self.lock().closed {
             return Err(PublishError::Closed);
         }
         let frame = self.log.append(event).map_err(PublishError::Unavailable)?;
-        let receivers = self
-            .lock()
-            .subscribers
-            .iter()
-            .filter(|s| s.topics.matches(event.topic))
-            .count();
+        let queue = self.limits.client_queue;
+        let mut receivers = 0;
+        let mut laggards = Laggards::default();
+        for s in self.lock().subscribers.iter() {
+            if s.topics.matches(event.topic) {
+                receivers += 1;
+                laggards.note(s, s.tx.len() + 1, queue);
+            }
+        }
         Metrics::add(&self.metrics.published, 1);
+        self.let_streams_catch_up(laggards.worth_waiting_for(queue));
         Ok(Published {
             id: frame.id,
             receivers,
@@ -277,12 +313,16 @@ impl Hub {
     }
 
     /// Queues frames read from a shared log, oldest first, for every
-    /// matching subscriber, as `publish` does for a local one. The lock is
-    /// taken per frame so subscribers can register in between.
+    /// matching subscriber, as `publish` does for a local one, and waits as
+    /// it does while they are behind: the follower then reads on later, and
+    /// the shared log holds what the queues would have. The lock is taken
+    /// per frame so subscribers can register in between.
     pub fn fan_out_followed(&self, frames: &[SharedFrame]) {
         for frame in frames {
             let mut inner = self.lock();
-            self.fan_out(&mut inner, frame);
+            let (_, laggards) = self.fan_out(&mut inner, frame);
+            drop(inner);
+            self.let_streams_catch_up(laggards);
         }
     }
 
@@ -305,8 +345,7 @@ impl Hub {
     /// `--client-queue` behind, every such receiver over a quarter behind.
     fn fan_out(&self, inner: &mut Inner, frame: &SharedFrame) -> (usize, Vec<Laggard>) {
         let mut receivers = 0;
-        let mut deepest = 0;
-        let mut laggards = Vec::new();
+        let mut laggards = Laggards::default();
         let mut evicted = 0;
         let queue = self.limits.client_queue;
         inner.subscribers.retain_mut(|s| {
@@ -327,27 +366,18 @@ impl Hub {
             if s.stalled && depth <= queue / 4 {
                 s.stalled = false;
             }
-            if !s.stalled && depth > queue / 4 {
-                deepest = deepest.max(depth);
-                laggards.push(Laggard {
-                    key: s.key,
-                    queue: s.watch.clone(),
-                    shared: s.shared.clone(),
-                });
-            }
+            laggards.note(s, depth, queue);
             true
         });
         if evicted > 0 {
             Metrics::add(&self.metrics.evicted, evicted);
             log::debug!("evicted {evicted} subscribers more than {queue} events behind");
         }
-        if deepest <= queue / 2 {
-            laggards.clear();
-        }
-        (receivers, laggards)
+        (receivers, laggards.worth_waiting_for(queue))
     }
 
-    /// Backpressure on publishers. Stream threads run at the lowest
+    /// Backpressure on publishers, and on the follower of a shared log
+    /// (`fan_out_followed`). Stream threads run at the lowest
     /// priority (stream.rs), so publishers at full speed can queue events
     /// faster than the streams write them, until subscribers are evicted
     /// (measured: 100 of 100 within 0.1 s at the maximum publish rate). So
