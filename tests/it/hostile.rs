@@ -434,15 +434,17 @@ fn twenty_thousand_connect_close_cycles_leak_nothing() {
     for w in workers {
         w.join().unwrap();
     }
+    assert!(poll(Duration::from_secs(5), || hub
+        .metric("ssehub_subscribers")
+        == 0));
+    // Last, so that no request of ours is still being served when the
+    // usage is read.
     assert!(
         settle(&hub),
         "connections {} usage {:?}",
         hub.metric("ssehub_connections"),
         hub.usage()
     );
-    assert!(poll(Duration::from_secs(5), || hub
-        .metric("ssehub_subscribers")
-        == 0));
     let after = hub.usage();
     eprintln!("20,000 cycles: before {before:?}, after {after:?}");
     assert!(after.fds <= before.fds, "fds {before:?} -> {after:?}");
