@@ -79,9 +79,10 @@ struct Laggards {
 
 impl Laggards {
     /// Notes `s`, which has `depth` events queued with the new one, if it is
-    /// over a quarter of `queue` behind and not taken for stuck.
+    /// over a quarter of `queue` behind, not taken for stuck and not blocked
+    /// on its client.
     fn note(&mut self, s: &Subscriber, depth: usize, queue: usize) {
-        if !s.stalled && depth > queue / 4 {
+        if !s.stalled && depth > queue / 4 && !s.shared.blocked.load(Ordering::Relaxed) {
             self.deepest = self.deepest.max(depth);
             self.list.push(Laggard {
                 key: s.key,
@@ -102,9 +103,13 @@ impl Laggards {
 }
 
 impl Laggard {
-    /// Events still queued, or 0 once the hub has let go of it.
+    /// Events still queued, or 0 once the hub has let go of it or while
+    /// its client is what holds it up (waiting for that would let one slow
+    /// reader pace every publisher; eviction deals with it instead).
     fn backlog(&self) -> usize {
-        if self.shared.state.load(Ordering::Relaxed) == LIVE {
+        if self.shared.state.load(Ordering::Relaxed) == LIVE
+            && !self.shared.blocked.load(Ordering::Relaxed)
+        {
             self.queue.len()
         } else {
             0
@@ -117,16 +122,16 @@ impl Laggard {
 struct Shared {
     /// `LIVE`, or why the hub let go.
     state: AtomicU8,
-    /// The stream thread is inside a socket write: a write that stays here
-    /// means the client is not taking data.
-    writing: AtomicBool,
+    /// The stream thread waits for room in its socket: its client is not
+    /// taking data as fast as it comes.
+    blocked: AtomicBool,
 }
 
 const LIVE: u8 = 0;
 const RELEASED: u8 = 1;
 const GONE: u8 = 2;
 
-/// A stream thread that is not stuck in a write but merely waiting for a
+/// A stream thread that is not blocked on its client but merely waiting for a
 /// CPU (they run at the lowest priority) may fall this many times
 /// `--client-queue` behind before it is evicted anyway.
 const STARVED_FACTOR: usize = 4;
@@ -142,7 +147,7 @@ impl Subscriber {
     /// not taking data, or far more than that in any case.
     fn behind(&self, queued: usize, queue: usize) -> bool {
         queued >= queue
-            && (self.shared.writing.load(Ordering::Relaxed)
+            && (self.shared.blocked.load(Ordering::Relaxed)
                 || queued >= queue.saturating_mul(STARVED_FACTOR))
     }
 }
@@ -206,10 +211,11 @@ impl Subscription<'_> {
         }
     }
 
-    /// Tells the hub whether the stream thread is inside a socket write; one
-    /// that stays there while events pile up is evicted.
-    pub fn set_writing(&self, writing: bool) {
-        self.shared.writing.store(writing, Ordering::Relaxed);
+    /// Tells the hub whether the stream thread waits for room in its
+    /// socket. One that does while events pile up is evicted, and
+    /// publishers do not wait for it to catch up.
+    pub fn set_blocked(&self, blocked: bool) {
+        self.shared.blocked.store(blocked, Ordering::Relaxed);
     }
 
     /// Identifies this subscriber to `Hub::hang_up`.
@@ -586,10 +592,10 @@ mod tests {
     }
 
     #[test]
-    fn a_subscriber_stuck_in_a_write_is_evicted() {
+    fn a_subscriber_blocked_on_its_client_is_evicted() {
         let hub = hub(10, 2);
         let slow = hub.subscribe(TopicFilter::All, None).unwrap();
-        slow.set_writing(true);
+        slow.set_blocked(true);
         for _ in 0..2 {
             assert_eq!(hub.publish("t", None, "x").unwrap().receivers, 1);
         }
@@ -638,6 +644,49 @@ mod tests {
         hub.publish("t", None, "x").unwrap();
         assert!(started.elapsed() < CATCH_UP_STALL / 2);
         drop(sub);
+    }
+
+    #[test]
+    fn a_publish_does_not_wait_for_a_subscriber_blocked_on_its_client() {
+        let hub = hub(10, 8);
+        let sub = hub.subscribe(TopicFilter::All, None).unwrap();
+        sub.set_blocked(true);
+        // Five queued is more than half the queue, with no one reading: a
+        // subscriber that is merely behind would hold this up for
+        // CATCH_UP_STALL.
+        let started = Instant::now();
+        for _ in 0..5 {
+            hub.publish("t", None, "x").unwrap();
+        }
+        assert!(started.elapsed() < CATCH_UP_STALL / 2);
+        assert_eq!(sub.rx.len(), 5);
+        assert_eq!(sub.ended(), None);
+    }
+
+    #[test]
+    fn the_follower_waits_for_a_subscriber_catching_up() {
+        let hub = hub(10, 8);
+        let sub = hub.subscribe(TopicFilter::All, None).unwrap();
+        let frames: Vec<SharedFrame> = (0..5)
+            .map(|_| hub.log.append(&Event::new("t", None, "x")).unwrap())
+            .collect();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for _ in 0..3 {
+                    std::thread::sleep(Duration::from_millis(20));
+                    sub.rx.recv().unwrap();
+                }
+            });
+            hub.fan_out_followed(&frames);
+            assert!(sub.rx.len() <= 2, "went on before the reader caught up");
+        });
+        sub.set_blocked(true);
+        let started = Instant::now();
+        hub.fan_out_followed(&frames);
+        assert!(
+            started.elapsed() < CATCH_UP_STALL / 2,
+            "waited for a blocked one"
+        );
     }
 
     #[test]

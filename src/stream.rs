@@ -84,8 +84,10 @@ impl Writer {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// Writes what is buffered, if anything, as one chunk.
-    fn flush(&mut self) -> io::Result<()> {
+    /// Writes what is buffered, if anything, as one chunk. `blocked` is
+    /// told when the socket has no room for it and the write must wait for
+    /// the client, and when that wait is over.
+    fn flush(&mut self, blocked: &dyn Fn(bool)) -> io::Result<()> {
         let len = self.pending();
         if len == 0 {
             return Ok(());
@@ -109,7 +111,7 @@ impl Writer {
         } else {
             0
         };
-        let result = self.stream.write_all(&self.buf[start..]);
+        let result = write_waiting(&mut self.stream, &self.buf[start..], blocked);
         if self.buf.capacity() > 4 * BATCH_BYTES {
             self.buf = Vec::new();
         }
@@ -147,6 +149,40 @@ impl Writer {
                     io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
                 ))
     }
+}
+
+/// Writes all of `bytes`: first what the socket takes at once, then the
+/// rest waiting for room, with `blocked` told around that wait.
+fn write_waiting(stream: &mut TcpStream, bytes: &[u8], blocked: &dyn Fn(bool)) -> io::Result<()> {
+    // SAFETY: send on a valid fd from a buffer we own, never waiting.
+    let sent = unsafe {
+        libc::send(
+            stream.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    let rest = match usize::try_from(sent) {
+        Ok(n) => &bytes[n..],
+        Err(_) => {
+            let e = io::Error::last_os_error();
+            if !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) {
+                return Err(e);
+            }
+            bytes
+        }
+    };
+    if rest.is_empty() {
+        return Ok(());
+    }
+    blocked(true);
+    let written = stream.write_all(rest);
+    blocked(false);
+    written
 }
 
 /// Lowers this thread to the weakest scheduling priority. THREADS.md: with
@@ -202,7 +238,7 @@ pub fn retry_later(stream: TcpStream, p: &StreamParams) {
         .write_all(head(p.http10, p.cors_origin).as_bytes())
         .and_then(|()| {
             w.push(&sse::retry(jittered(p.retry_ms)));
-            w.flush()
+            w.flush(&|_| {})
         });
     match started {
         Ok(()) => w.finish(),
@@ -214,14 +250,9 @@ pub fn retry_later(stream: TcpStream, p: &StreamParams) {
 fn run(w: &mut Writer, sub: &Subscription<'_>, p: &StreamParams) -> io::Result<()> {
     let metrics = sub.metrics();
     let delivered = |n: u64| Metrics::add(&metrics.delivered, n);
-    // The hub evicts a subscriber whose thread stays inside a write while
-    // events pile up: its client is not taking data.
-    let flush = |w: &mut Writer| {
-        sub.set_writing(true);
-        let written = w.flush();
-        sub.set_writing(false);
-        written
-    };
+    // The hub evicts a subscriber whose thread waits on its client while
+    // events pile up, and publishers do not wait for it.
+    let flush = |w: &mut Writer| w.flush(&|blocked| sub.set_blocked(blocked));
 
     w.stream
         .write_all(head(p.http10, p.cors_origin).as_bytes())?;
@@ -318,7 +349,7 @@ mod tests {
         let mut w = Writer::new(server, true);
         for size in [1, 15, 16, 255, 4096] {
             w.push(&vec![b'a'; size]);
-            w.flush().unwrap();
+            w.flush(&|_| {}).unwrap();
         }
         w.finish();
         let mut got = Vec::new();

@@ -1,12 +1,13 @@
 //! `--client-queue`, `--max-subscribers` and the startup clamp.
 
-use std::io::Read;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::cgroup::PidsCgroup;
-use crate::harness::{poll, subscribe_many, Hub, Start};
+use crate::harness::{poll, read_response, subscribe_many, Hub, Start};
 
 /// A subscriber that never reads is evicted with a proper stream end; a
 /// fast reader beside it gets everything; publishing never waits.
@@ -71,6 +72,86 @@ fn a_stalled_subscriber_is_evicted_and_others_are_not_slowed() {
     assert!(poll(Duration::from_secs(2), || hub
         .metric("ssehub_subscribers")
         == 0));
+}
+
+/// A subscriber that reads, but slowly, paces no one: a burst reaches a
+/// prompt subscriber beside it at the publisher's pace, and the slow one is
+/// evicted once it is `--client-queue` behind with its socket full, rather
+/// than waited for.
+#[test]
+fn a_slow_reader_paces_no_one() {
+    let hub = Hub::start(&["--client-queue", "16"]);
+    let slow_had = slow_reader_beside_a_prompt_one(&hub, &hub);
+    // Paced by the slow reader, it would have all but a few by then.
+    assert!(
+        slow_had < BURST / 2,
+        "the slow reader had {slow_had} of {BURST} when the prompt one had all"
+    );
+    assert!(poll(Duration::from_secs(5), || hub
+        .metric("ssehub_subscribers_evicted_total")
+        == 1));
+}
+
+pub const BURST: usize = 1000;
+
+/// Publishes `BURST` events of 4 KiB on `publisher` while two subscribers
+/// of `reader` take them, one as fast as it can and one at about 2 MB/s;
+/// checks that the prompt one gets all of them in order and that what the
+/// slow one got by then is in order too. Returns how many the slow one had
+/// when the prompt one had all.
+pub fn slow_reader_beside_a_prompt_one(publisher: &Hub, reader: &Hub) -> usize {
+    let in_order = |got: &[String]| {
+        for (i, data) in got.iter().enumerate() {
+            assert!(data.starts_with(&format!("{i} ")), "got {data:.20} at {i}");
+        }
+    };
+    let mut slow = reader.subscribe("/events", "");
+    slow.next_block();
+    // Small enough that the stream's writes block, large enough for prompt
+    // window updates (with 4 KiB the hub waits on its zero-window probes).
+    socket2::SockRef::from(&slow.stream)
+        .set_recv_buffer_size(64 * 1024)
+        .unwrap();
+    let mut prompt = reader.subscribe("/events", "");
+    prompt.next_block();
+    let slow_had = Arc::new(AtomicUsize::new(0));
+    let prompt_done = Arc::new(AtomicBool::new(false));
+    let slow_reading = thread::spawn({
+        let (had, done) = (slow_had.clone(), prompt_done.clone());
+        move || {
+            let mut got = Vec::new();
+            // Until the stream ends (evicted) or the prompt one has all.
+            while let (false, Ok(ev)) = (done.load(Ordering::Relaxed), slow.try_next_event()) {
+                got.push(ev.data);
+                had.store(got.len(), Ordering::Relaxed);
+                thread::sleep(Duration::from_millis(2));
+            }
+            got
+        }
+    });
+    let prompt_reading = thread::spawn(move || {
+        (0..BURST)
+            .map(|_| prompt.next_event().data)
+            .collect::<Vec<_>>()
+    });
+    let payload = "p".repeat(4096);
+    let mut con = publisher.connect();
+    for i in 0..BURST {
+        let body = format!("{i} {payload}");
+        // One write: a request in pieces waits on Nagle and delayed ACKs.
+        let request = format!(
+            "POST /events?topic=t HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        con.write_all(request.as_bytes()).unwrap();
+        assert_eq!(read_response(&mut con).unwrap().status, 200);
+    }
+    let prompt_got = prompt_reading.join().expect("the prompt reader got all");
+    let had = slow_had.load(Ordering::Relaxed);
+    prompt_done.store(true, Ordering::Relaxed);
+    in_order(&prompt_got);
+    in_order(&slow_reading.join().expect("the slow reader"));
+    had
 }
 
 #[test]
