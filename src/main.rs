@@ -54,6 +54,10 @@ fn main() {
         );
         max_subscribers = capacity.streams.max(1);
     }
+    match limits::size_futex_hash(max_subscribers) {
+        Some(buckets) => log::debug!("futex hash: {buckets} buckets"),
+        None => log::debug!("futex hash: the kernel's own"),
+    }
 
     // Redis first: a hub that cannot reach it must not look ready.
     let (log, follower): (Box<dyn EventLog>, _) = match &config.redis {
