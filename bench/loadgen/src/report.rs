@@ -19,6 +19,11 @@ const ROWS: &[(&str, &str, usize)] = &[
     ("idle.threads", "idle: threads per stream", 2),
     ("idle.fds", "idle: fds per stream", 2),
     ("idle.maps", "idle: memory maps per stream", 2),
+    (
+        "idle.machine_kib",
+        "idle: machine memory per stream, KiB (kernel and client end included)",
+        1,
+    ),
     ("f100.dps", "100 subscribers, max rate: deliveries/s", 0),
     (
         "f100.cpu",
@@ -56,7 +61,23 @@ const ROWS: &[(&str, &str, usize)] = &[
     ("rate.p99", "10 events/s: p99 latency, ms", 1),
     ("rate.p999", "10 events/s: p99.9 latency, ms", 1),
     ("rate.lost", "10 events/s: lost", 0),
-    ("rate.dup", "10 events/s: duplicated + out of order", 0),
+    ("rate.dup+reordered", "10 events/s: duplicated + out of order", 0),
+    (
+        "sparse.asked",
+        "2 events/s to every stream: deliveries/s asked",
+        0,
+    ),
+    ("sparse.dps", "2 events/s: deliveries/s reached", 0),
+    (
+        "sparse.cpu",
+        "2 events/s: server CPU-s per million deliveries",
+        2,
+    ),
+    ("sparse.p50", "2 events/s: p50 latency, ms", 1),
+    ("sparse.p99", "2 events/s: p99 latency, ms", 1),
+    ("sparse.p999", "2 events/s: p99.9 latency, ms", 1),
+    ("sparse.lost", "2 events/s: lost", 0),
+    ("sparse.dup+reordered", "2 events/s: duplicated + out of order", 0),
     (
         "storm.subscribers",
         "storm: subscribers reconnecting at once",
@@ -225,9 +246,6 @@ pub fn save(results: &Results, path: &Path) -> io::Result<()> {
 
 fn value(figures: Option<&Figures>, key: &str) -> Option<f64> {
     let f = figures?;
-    if key == "rate.dup" {
-        return Some(f.get("rate.dup")? + f.get("rate.reordered")?);
-    }
     if let Some(prefix) = key.strip_suffix(".dup+reordered") {
         return Some(f.get(&format!("{prefix}.dup"))? + f.get(&format!("{prefix}.reordered"))?);
     }

@@ -31,6 +31,9 @@ pub struct Plan {
     pub streams: usize,
     pub rate_interval: Duration,
     pub rate_events: u64,
+    /// The same for the sparse phase.
+    pub sparse_interval: Duration,
+    pub sparse_events: u64,
     pub storm_events: u64,
     pub drain: Duration,
     /// Subscriber counts of the Redis scenario (ssehub only).
@@ -52,6 +55,8 @@ impl Plan {
             streams: if quick { 2000 } else { 10_000 },
             rate_interval: Duration::from_millis(100),
             rate_events: if quick { 30 } else { 100 },
+            sparse_interval: Duration::from_millis(500),
+            sparse_events: if quick { 6 } else { 12 },
             storm_events: 10,
             drain: Duration::from_secs(15),
             redis_fanouts: vec![100, 1000],
@@ -483,45 +488,28 @@ async fn streams(plan: &Plan, kind: Kind, paths: &Paths) -> Figures {
     f.insert("idle.threads".into(), per(after.threads, before.threads));
     f.insert("idle.fds".into(), per(after.fds, before.fds));
     f.insert("idle.maps".into(), per(after.maps, before.maps));
+    f.insert(
+        "idle.machine_kib".into(),
+        per(after.machine_kib, before.machine_kib),
+    );
     let synced = b.sync().await;
     f.insert("idle.synced".into(), synced as f64);
     print_row(kind, &f);
 
-    // The same streams at 10 events/s.
-    eprintln!("{}: {n} streams × 10 events/s", kind.name());
-    let phase = b.begin_phase(1, plan.rate_events, 0);
-    let cpu0 = server::cpu_s(&pids);
-    let start = Instant::now() + Duration::from_millis(50);
-    let window = plan.rate_interval * plan.rate_events as u32;
-    let pace = Pace::Every {
-        start,
-        interval: plan.rate_interval,
-    };
-    let publishing = {
-        let ctx = b.ctx.clone();
-        let until = start + window;
-        let events = plan.rate_events;
-        tokio::spawn(client::publisher(ctx, phase, 0, events, pace, until))
-    };
-    tokio::time::sleep_until((start + window).into()).await;
-    let in_window = b.ctx.delivered.load(Ordering::Relaxed);
-    let cpu = server::cpu_s(&pids) - cpu0;
-    let published = publishing.await.expect("publisher").published;
-    let expected = published * open as u64;
-    b.wait_delivered(expected, plan.drain).await;
-    let t = tally(&b.end_phase());
-    f.insert(
-        "rate.asked".into(),
-        (plan.rate_events * open as u64) as f64 / window.as_secs_f64(),
-    );
-    f.insert("rate.dps".into(), in_window as f64 / window.as_secs_f64());
-    f.insert("rate.cpu".into(), cpu / in_window.max(1) as f64 * 1e6);
-    f.insert("rate.lost".into(), expected.saturating_sub(t.unique) as f64);
-    f.insert("rate.dup".into(), t.duplicate as f64);
-    f.insert("rate.reordered".into(), t.reordered as f64);
-    f.insert("rate.p50".into(), t.latency.quantile_ms(0.5));
-    f.insert("rate.p99".into(), t.latency.quantile_ms(0.99));
-    f.insert("rate.p999".into(), t.latency.quantile_ms(0.999));
+    // The same streams at 10 events/s, then at 2 (sparse: every event
+    // finds the streams idle).
+    for (key, label, interval, events) in [
+        ("rate", "10 events/s", plan.rate_interval, plan.rate_events),
+        (
+            "sparse",
+            "2 events/s",
+            plan.sparse_interval,
+            plan.sparse_events,
+        ),
+    ] {
+        eprintln!("{}: {n} streams × {label}", kind.name());
+        paced_phase(plan, &mut b, &pids, open, interval, events, key, &mut f).await;
+    }
 
     // The reconnect storm.
     eprintln!(
@@ -531,6 +519,52 @@ async fn streams(plan: &Plan, kind: Kind, paths: &Paths) -> Figures {
     storm(plan, kind, paths, &mut b, &mut f).await;
     b.finish().await;
     f
+}
+
+/// One event to every one of the `open` streams every `interval`, `events`
+/// times; the figures under `key`: deliveries/s asked and reached within
+/// the window, server CPU per delivery, latency, loss.
+#[allow(clippy::too_many_arguments)]
+async fn paced_phase(
+    plan: &Plan,
+    b: &mut Bench,
+    pids: &[u32],
+    open: usize,
+    interval: Duration,
+    events: u64,
+    key: &str,
+    f: &mut Figures,
+) {
+    let phase = b.begin_phase(1, events, 0);
+    let cpu0 = server::cpu_s(pids);
+    let start = Instant::now() + Duration::from_millis(50);
+    let window = interval * events as u32;
+    let pace = Pace::Every { start, interval };
+    let publishing = {
+        let ctx = b.ctx.clone();
+        let until = start + window;
+        tokio::spawn(client::publisher(ctx, phase, 0, events, pace, until))
+    };
+    tokio::time::sleep_until((start + window).into()).await;
+    let in_window = b.ctx.delivered.load(Ordering::Relaxed);
+    let cpu = server::cpu_s(pids) - cpu0;
+    let published = publishing.await.expect("publisher").published;
+    let expected = published * open as u64;
+    b.wait_delivered(expected, plan.drain).await;
+    let t = tally(&b.end_phase());
+    let mut put = |name: &str, value: f64| f.insert(format!("{key}.{name}"), value);
+    put(
+        "asked",
+        (events * open as u64) as f64 / window.as_secs_f64(),
+    );
+    put("dps", in_window as f64 / window.as_secs_f64());
+    put("cpu", cpu / in_window.max(1) as f64 * 1e6);
+    put("lost", expected.saturating_sub(t.unique) as f64);
+    put("dup", t.duplicate as f64);
+    put("reordered", t.reordered as f64);
+    put("p50", t.latency.quantile_ms(0.5));
+    put("p99", t.latency.quantile_ms(0.99));
+    put("p999", t.latency.quantile_ms(0.999));
 }
 
 /// Restarts the server; publishes `storm_events` to the new process; then

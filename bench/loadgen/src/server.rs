@@ -346,6 +346,10 @@ pub struct Usage {
     pub threads: u64,
     pub fds: u64,
     pub maps: u64,
+    /// Memory in use on the whole machine, as `free` counts it (page cache
+    /// and reclaimable slab left out): kernel memory included, which a
+    /// process's own figures do not show.
+    pub machine_kib: u64,
 }
 
 fn ticks_per_s() -> f64 {
@@ -390,6 +394,12 @@ pub fn usage(pids: &[u32]) -> Usage {
         }
         u.fds += fs::read_dir(base.join("fd")).map_or(0, |d| d.count() as u64);
         u.maps += fs::read_to_string(base.join("maps")).map_or(0, |m| m.lines().count() as u64);
+    }
+    if let Ok(m) = fs::read_to_string("/proc/meminfo") {
+        let kib = |key| status_kib(&m, key);
+        u.machine_kib = kib("MemTotal:").saturating_sub(
+            kib("MemFree:") + kib("Buffers:") + kib("Cached:") + kib("SReclaimable:"),
+        );
     }
     u
 }
