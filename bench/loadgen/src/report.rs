@@ -20,8 +20,8 @@ const ROWS: &[(&str, &str, usize)] = &[
     ("idle.fds", "idle: fds per stream", 2),
     ("idle.maps", "idle: memory maps per stream", 2),
     (
-        "idle.machine_kib",
-        "idle: machine memory per stream, KiB (kernel and client end included)",
+        "idle.charged_kib",
+        "idle: memory per stream with the kernel's share, KiB (memory cgroup)",
         1,
     ),
     ("f100.dps", "100 subscribers, max rate: deliveries/s", 0),

@@ -462,6 +462,7 @@ async fn streams(plan: &Plan, kind: Kind, paths: &Paths) -> Figures {
     let mut f = Figures::new();
     let mut b = Bench::start(kind, paths).await;
     let pids = b.pids();
+    let charged_before = b.server().memory_kib();
     let before = blocking({
         let pids = pids.clone();
         move || server::usage(&pids)
@@ -488,10 +489,9 @@ async fn streams(plan: &Plan, kind: Kind, paths: &Paths) -> Figures {
     f.insert("idle.threads".into(), per(after.threads, before.threads));
     f.insert("idle.fds".into(), per(after.fds, before.fds));
     f.insert("idle.maps".into(), per(after.maps, before.maps));
-    f.insert(
-        "idle.machine_kib".into(),
-        per(after.machine_kib, before.machine_kib),
-    );
+    if let (Some(charged), Some(before)) = (b.server().memory_kib(), charged_before) {
+        f.insert("idle.charged_kib".into(), per(charged, before));
+    }
     let synced = b.sync().await;
     f.insert("idle.synced".into(), synced as f64);
     print_row(kind, &f);

@@ -61,6 +61,74 @@ pub struct Server {
     pub kind: Kind,
     pub addr: SocketAddr,
     child: Child,
+    /// Where the server's processes are charged for memory, when the
+    /// machine lets us make one.
+    memory: Option<MemoryCgroup>,
+}
+
+/// A memory cgroup (v1) of our own that a server starts in, with its
+/// children: it is charged for the server's pages and for what the kernel
+/// allocates on its behalf (kernel stacks, task and socket structures, page
+/// tables), which no figure of the process itself shows.
+struct MemoryCgroup {
+    dir: PathBuf,
+}
+
+const MEMORY_V1: &str = "/sys/fs/cgroup/memory";
+
+impl MemoryCgroup {
+    fn create(name: &str) -> Option<MemoryCgroup> {
+        let dir = Path::new(MEMORY_V1).join(format!("loadgen-{}-{name}", std::process::id()));
+        fs::create_dir(&dir).ok()?;
+        Some(MemoryCgroup { dir })
+    }
+
+    fn usage_kib(&self) -> Option<u64> {
+        let bytes: u64 = fs::read_to_string(self.dir.join("memory.usage_in_bytes"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(bytes / 1024)
+    }
+
+    /// Makes `cmd`'s process join this cgroup between fork and exec.
+    fn enter_on_start(&self, cmd: &mut Command) {
+        use std::os::unix::process::CommandExt;
+        let procs = std::ffi::CString::new(
+            self.dir
+                .join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .expect("a path without NUL");
+        // SAFETY: the hook only makes async-signal-safe calls (open, write,
+        // close) on memory prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd >= 0 {
+                    // "0": the writing process itself.
+                    libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        // Empty once the server is reaped; the kernel may take a moment to
+        // let go of what it still charges to it.
+        for _ in 0..50 {
+            if fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// A free loopback port (the kernel picks it; the listener is dropped).
@@ -122,12 +190,21 @@ impl Server {
                 c
             }
         };
+        let memory = MemoryCgroup::create(kind.name());
+        if let Some(m) = &memory {
+            m.enter_on_start(&mut cmd);
+        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        let mut server = Server { kind, addr, child };
+        let mut server = Server {
+            kind,
+            addr,
+            child,
+            memory,
+        };
         server.wait_ready(Duration::from_secs(20))?;
         Ok(server)
     }
@@ -159,6 +236,12 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// What the server's processes are charged for in memory, the kernel's
+    /// share included; `None` where no memory cgroup could be made.
+    pub fn memory_kib(&self) -> Option<u64> {
+        self.memory.as_ref()?.usage_kib()
     }
 
     /// The server's processes: the one we started and its children (the
@@ -346,10 +429,6 @@ pub struct Usage {
     pub threads: u64,
     pub fds: u64,
     pub maps: u64,
-    /// Memory in use on the whole machine, as `free` counts it (page cache
-    /// and reclaimable slab left out): kernel memory included, which a
-    /// process's own figures do not show.
-    pub machine_kib: u64,
 }
 
 fn ticks_per_s() -> f64 {
@@ -394,12 +473,6 @@ pub fn usage(pids: &[u32]) -> Usage {
         }
         u.fds += fs::read_dir(base.join("fd")).map_or(0, |d| d.count() as u64);
         u.maps += fs::read_to_string(base.join("maps")).map_or(0, |m| m.lines().count() as u64);
-    }
-    if let Ok(m) = fs::read_to_string("/proc/meminfo") {
-        let kib = |key| status_kib(&m, key);
-        u.machine_kib = kib("MemTotal:").saturating_sub(
-            kib("MemFree:") + kib("Buffers:") + kib("Cached:") + kib("SReclaimable:"),
-        );
     }
     u
 }
