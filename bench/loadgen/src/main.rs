@@ -6,6 +6,7 @@
 //!                 [--no-streams] [--streams N] [--redis-fanouts 100,1000]
 //!                 [--only fanout,streams,redis]
 //!     loadgen median RESULTS.tsv...     # the median of several runs
+//!     loadgen wake [--threads N] [--futex-buckets N] [--one-cpu]
 //!
 //! `SSEHUB=path` measures another ssehub build, `SSEHUB_ARGS="..."` adds
 //! options (a limit a scenario needs, such as `--max-subscribers`),
@@ -20,6 +21,7 @@ mod client;
 mod report;
 mod scenario;
 mod server;
+mod wake;
 mod wire;
 
 use std::path::PathBuf;
@@ -31,9 +33,9 @@ use server::{Kind, Paths};
 /// The clock every payload's send time is measured on.
 pub static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
-fn usage() -> ! {
+pub fn usage() -> ! {
     eprintln!(
-        "usage: loadgen run [--servers ssehub,nchan,axum] [--quick] [--out DIR]\n                   [--fanouts 100,1000] [--no-streams] [--streams N]\n                   [--redis-fanouts 100,1000] [--only fanout,streams,redis]\n       loadgen median RESULTS.tsv..."
+        "usage: loadgen run [--servers ssehub,nchan,axum] [--quick] [--out DIR]\n                   [--fanouts 100,1000] [--no-streams] [--streams N]\n                   [--redis-fanouts 100,1000] [--only fanout,streams,redis]\n       loadgen median RESULTS.tsv...\n       loadgen wake [--threads N] [--futex-buckets N] [--one-cpu]"
     );
     std::process::exit(2);
 }
@@ -44,6 +46,7 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("median") if args.len() > 1 => report::median(&args[1..]),
         Some("run") => run(&args[1..]),
+        Some("wake") => wake::run(&args[1..]),
         _ => usage(),
     }
 }
