@@ -81,25 +81,32 @@ fn a_stalled_subscriber_is_evicted_and_others_are_not_slowed() {
 #[test]
 fn a_slow_reader_paces_no_one() {
     let hub = Hub::start(&["--client-queue", "16"]);
-    let slow_had = slow_reader_beside_a_prompt_one(&hub, &hub);
+    a_slow_reader_paces_no_one_on(&hub, &hub);
+}
+
+/// The check of `a_slow_reader_paces_no_one`, with the burst published on
+/// `publisher` and both subscribers on `reader` (with `--client-queue 16`,
+/// no stream evicted on it yet).
+pub fn a_slow_reader_paces_no_one_on(publisher: &Hub, reader: &Hub) {
+    let slow_had = slow_reader_beside_a_prompt_one(publisher, reader);
     // Paced by the slow reader, it would have all but a few by then.
     assert!(
         slow_had < BURST / 2,
         "the slow reader had {slow_had} of {BURST} when the prompt one had all"
     );
-    assert!(poll(Duration::from_secs(5), || hub
+    assert!(poll(Duration::from_secs(5), || reader
         .metric("ssehub_subscribers_evicted_total")
         == 1));
 }
 
-pub const BURST: usize = 1000;
+const BURST: usize = 1000;
 
 /// Publishes `BURST` events of 4 KiB on `publisher` while two subscribers
 /// of `reader` take them, one as fast as it can and one at about 2 MB/s;
 /// checks that the prompt one gets all of them in order and that what the
 /// slow one got by then is in order too. Returns how many the slow one had
 /// when the prompt one had all.
-pub fn slow_reader_beside_a_prompt_one(publisher: &Hub, reader: &Hub) -> usize {
+fn slow_reader_beside_a_prompt_one(publisher: &Hub, reader: &Hub) -> usize {
     let in_order = |got: &[String]| {
         for (i, data) in got.iter().enumerate() {
             assert!(data.starts_with(&format!("{i} ")), "got {data:.20} at {i}");

@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::harness::{id_pair, json_field, poll, unique, Event, Hub, Sub};
-use crate::limits::{slow_reader_beside_a_prompt_one, BURST};
+use crate::limits::a_slow_reader_paces_no_one_on;
 
 /// A `redis-server` on loopback that saves nothing unless stopped with
 /// `stop(true)`; killed and reaped on drop, its directory removed.
@@ -619,17 +619,7 @@ fn a_slow_reader_holds_back_no_one_through_redis() {
     let a = Hub::start(&args);
     let b = Hub::start(&args);
     for reader in [&a, &b] {
-        let slow_had = slow_reader_beside_a_prompt_one(&a, reader);
-        // Paced by the slow reader, it would have all but a few by then.
-        assert!(
-            slow_had < BURST / 2,
-            "the slow reader had {slow_had} of {BURST} when the prompt one had all"
-        );
-        // Evicted instead, to replay.
-        // Evicted instead, to replay.
-        assert!(poll(Duration::from_secs(5), || reader
-            .metric("ssehub_subscribers_evicted_total")
-            == 1));
+        a_slow_reader_paces_no_one_on(&a, reader);
     }
 }
 
