@@ -1,6 +1,7 @@
 //! The machine's limits that bound how many streams one process can hold:
 //! open files, threads and memory maps. Read once at startup (SPEC
-//! `--max-subscribers`); nothing here changes at run time.
+//! `--max-subscribers`), when the kernel's futex hash is also sized for
+//! that many streams; nothing here changes at run time.
 
 use std::fs;
 
@@ -153,17 +154,17 @@ const PR_FUTEX_HASH: libc::c_int = 78;
 const PR_FUTEX_HASH_SET_SLOTS: libc::c_ulong = 1;
 
 /// Gives this process a futex hash with a bucket for each of `threads`
-/// (rounded up to a power of two; 64 bytes a bucket). Since Linux 6.16 each process has its own hash, sized for its CPUs
-/// rather than its threads (16 buckets on two CPUs), and every thread that
-/// waits (a stream thread parked on its queue, a contended lock) is chained
-/// in a bucket that each wake-up walks: with 10,000 parked streams that is
-/// hundreds of waiters a wake. `loadgen wake` (10,000 parked threads, one
-/// sending to each) measured 7.1 µs of the sender's CPU and 10.0 µs of the
-/// woken thread's per wake-up with the default, 4.2 and 8.0 with a bucket
-/// each; 10,000 streams at 2 events/s took a tenth less CPU per delivery.
-/// Returns the
-/// buckets set, or `None` where the kernel has no per-process hash (older
-/// kernels use one shared hash sized for the machine).
+/// (rounded up to a power of two; 64 bytes a bucket). Since Linux 6.16 each
+/// process has its own hash, sized for its CPUs rather than its threads (16
+/// buckets on two CPUs), and every thread that waits (a stream thread
+/// parked on its queue, a contended lock) is chained in a bucket that each
+/// wake-up walks: with 10,000 parked streams, hundreds of waiters a wake.
+/// `loadgen wake` (10,000 parked threads, one sending to each) measured 7.1
+/// µs of the sender's CPU and 10.0 µs of the woken thread's per wake-up with
+/// the default, 4.2 and 8.0 with a bucket each; 10,000 streams at 2 events/s
+/// took a tenth less CPU per delivery. Returns the buckets set, or `None`
+/// where the kernel has no per-process hash (older kernels use one shared
+/// hash sized for the machine).
 pub fn size_futex_hash(threads: usize) -> Option<usize> {
     let buckets = threads.max(16).checked_next_power_of_two()?;
     // SAFETY: prctl with integer arguments only; an unknown option fails
