@@ -186,9 +186,9 @@ fn write_waiting(stream: &mut TcpStream, bytes: &[u8], blocked: &dyn Fn(bool)) -
 }
 
 /// Lowers this thread to the weakest scheduling priority. THREADS.md: with
-/// stream threads at nice 19 a publisher's fan-out to 10k sleeping streams
-/// fell from ~0.5 s to ~1.2 ms, because the threads it wakes no longer
-/// preempt it. Only stream threads do this; accept and publish keep theirs.
+/// stream threads at nice 19 a publisher's fan-out to 10k busy streams fell
+/// from ~0.5 s to ~1.2 ms, because the threads it wakes no longer preempt
+/// it. Only stream threads do this; accept and publish keep theirs.
 fn lower_priority() {
     // SAFETY: gettid and setpriority have no memory-safety preconditions;
     // on Linux PRIO_PROCESS with a thread id sets that thread's nice value.
