@@ -206,8 +206,9 @@ mod tests {
                 assert_eq!(buckets, 16_384);
                 assert_eq!(futex_buckets(), 16_384);
             }
-            // Only where the kernel has no per-process hash at all.
-            None => assert_eq!(futex_buckets(), -1),
+            // Only where the kernel has no per-process hash: it does not
+            // know the option (-1), or has no private hash built in (0).
+            None => assert!(futex_buckets() <= 0),
         }
     }
 }
