@@ -76,11 +76,47 @@ struct MemoryCgroup {
 
 const MEMORY_V1: &str = "/sys/fs/cgroup/memory";
 
+/// The memory cgroup (v1) of process `pid` ("self" for this one), as a path
+/// under the hierarchy's root.
+fn memory_cgroup_of(pid: &str) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            controllers
+                .split(',')
+                .any(|c| c == "memory")
+                .then(|| path.to_string())
+        })
+}
+
 impl MemoryCgroup {
     fn create(name: &str) -> Option<MemoryCgroup> {
-        let dir = Path::new(MEMORY_V1).join(format!("loadgen-{}-{name}", std::process::id()));
+        // Servers run side by side (the Redis scenario's two hubs) and are
+        // restarted (the storm): each gets a cgroup of its own.
+        static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Inside our own memory cgroup, so the server stays within whatever
+        // this process is held to.
+        let ours = memory_cgroup_of("self")?;
+        let path = format!(
+            "{}/loadgen-{}-{name}-{n}",
+            ours.trim_end_matches('/'),
+            std::process::id()
+        );
+        let dir = Path::new(MEMORY_V1).join(path.trim_start_matches('/'));
         fs::create_dir(&dir).ok()?;
         Some(MemoryCgroup { dir })
+    }
+
+    /// Whether process `pid` is in this cgroup (joining it can fail).
+    fn holds(&self, pid: u32) -> bool {
+        let Some(theirs) = memory_cgroup_of(&pid.to_string()) else {
+            return false;
+        };
+        Path::new(MEMORY_V1).join(theirs.trim_start_matches('/')) == self.dir
     }
 
     fn usage_kib(&self) -> Option<u64> {
@@ -199,6 +235,8 @@ impl Server {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
+        // A figure from a cgroup the server is not in would read as zero.
+        let memory = memory.filter(|m| m.holds(child.id()));
         let mut server = Server {
             kind,
             addr,

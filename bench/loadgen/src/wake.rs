@@ -6,7 +6,11 @@
 //! thread takes its item and parks again. Prints the sender's CPU per send
 //! (the wake-up) and the woken threads' CPU per item taken. `--futex-buckets`
 //! sizes the process's futex hash as ssehub does (without it, as the kernel
-//! does); `--one-cpu` keeps every thread on CPU 0 (no wake-up crosses CPUs).
+//! does; a power of two); `--one-cpu` keeps every thread on CPU 0 (no
+//! wake-up crosses CPUs). The threads park through `Select` at once, where
+//! ssehub's spin and yield a little first (crossbeam's `recv_timeout`); the
+//! woken threads' figure includes the main thread's polling for them, a
+//! few percent.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -60,7 +64,13 @@ pub fn run(args: &[String]) {
         };
         match a.as_str() {
             "--threads" => threads = number() as usize,
-            "--futex-buckets" => buckets = Some(number()),
+            "--futex-buckets" => {
+                let b: u64 = number();
+                if !b.is_power_of_two() {
+                    crate::usage();
+                }
+                buckets = Some(b);
+            }
             "--one-cpu" => one_cpu = true,
             _ => crate::usage(),
         }
