@@ -80,12 +80,12 @@ fn a_stalled_subscriber_is_evicted_and_others_are_not_slowed() {
 /// than waited for.
 #[test]
 fn a_slow_reader_paces_no_one() {
-    let hub = Hub::start(&["--client-queue", "16"]);
+    let hub = Hub::start(&["--client-queue", "64"]);
     a_slow_reader_paces_no_one_on(&hub, &hub);
 }
 
 /// The check of `a_slow_reader_paces_no_one`, with the burst published on
-/// `publisher` and both subscribers on `reader` (with `--client-queue 16`,
+/// `publisher` and both subscribers on `reader` (with `--client-queue 64`,
 /// no stream evicted on it yet).
 pub fn a_slow_reader_paces_no_one_on(publisher: &Hub, reader: &Hub) {
     let slow_had = slow_reader_beside_a_prompt_one(publisher, reader);

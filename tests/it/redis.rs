@@ -615,7 +615,7 @@ fn a_follower_that_fell_behind_the_trimming_ends_its_streams() {
 #[test]
 fn a_slow_reader_holds_back_no_one_through_redis() {
     let Some(redis) = Redis::start() else { return };
-    let args = ["--redis", &redis.url(), "--client-queue", "16"];
+    let args = ["--redis", &redis.url(), "--client-queue", "64"];
     let a = Hub::start(&args);
     let b = Hub::start(&args);
     for reader in [&a, &b] {
