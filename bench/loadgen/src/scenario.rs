@@ -29,11 +29,8 @@ pub struct Plan {
     /// Events each max-rate publisher may send, by subscriber count.
     pub fanout_cap: fn(usize) -> u64,
     pub streams: usize,
-    pub rate_interval: Duration,
-    pub rate_events: u64,
-    /// The same for the sparse phase.
-    pub sparse_interval: Duration,
-    pub sparse_events: u64,
+    /// The paced phases on the same streams, in order.
+    pub paced: [Paced; 2],
     pub storm_events: u64,
     pub drain: Duration,
     /// Subscriber counts of the Redis scenario (ssehub only).
@@ -45,6 +42,15 @@ pub struct Plan {
     pub redis_time: Duration,
 }
 
+/// One event to every stream every `interval`, `events` times; its figures
+/// are named `key.*`.
+pub struct Paced {
+    pub key: &'static str,
+    pub label: &'static str,
+    pub interval: Duration,
+    pub events: u64,
+}
+
 impl Plan {
     pub fn new(quick: bool) -> Plan {
         Plan {
@@ -53,10 +59,21 @@ impl Plan {
             fanout_time: Duration::from_secs(if quick { 2 } else { 5 }),
             fanout_cap: |subs| (4_000_000 / subs as u64).min(50_000),
             streams: if quick { 2000 } else { 10_000 },
-            rate_interval: Duration::from_millis(100),
-            rate_events: if quick { 30 } else { 100 },
-            sparse_interval: Duration::from_millis(500),
-            sparse_events: if quick { 6 } else { 12 },
+            paced: [
+                Paced {
+                    key: "rate",
+                    label: "10 events/s",
+                    interval: Duration::from_millis(100),
+                    events: if quick { 30 } else { 100 },
+                },
+                // Sparse: every event finds the streams idle.
+                Paced {
+                    key: "sparse",
+                    label: "2 events/s",
+                    interval: Duration::from_millis(500),
+                    events: if quick { 6 } else { 12 },
+                },
+            ],
             storm_events: 10,
             drain: Duration::from_secs(15),
             redis_fanouts: vec![100, 1000],
@@ -496,19 +513,9 @@ async fn streams(plan: &Plan, kind: Kind, paths: &Paths) -> Figures {
     f.insert("idle.synced".into(), synced as f64);
     print_row(kind, &f);
 
-    // The same streams at 10 events/s, then at 2 (sparse: every event
-    // finds the streams idle).
-    for (key, label, interval, events) in [
-        ("rate", "10 events/s", plan.rate_interval, plan.rate_events),
-        (
-            "sparse",
-            "2 events/s",
-            plan.sparse_interval,
-            plan.sparse_events,
-        ),
-    ] {
-        eprintln!("{}: {n} streams × {label}", kind.name());
-        paced_phase(plan, &mut b, &pids, open, interval, events, key, &mut f).await;
+    for paced in &plan.paced {
+        eprintln!("{}: {n} streams × {}", kind.name(), paced.label);
+        paced_phase(plan, paced, &mut b, &pids, open, &mut f).await;
     }
 
     // The reconnect storm.
@@ -521,20 +528,18 @@ async fn streams(plan: &Plan, kind: Kind, paths: &Paths) -> Figures {
     f
 }
 
-/// One event to every one of the `open` streams every `interval`, `events`
-/// times; the figures under `key`: deliveries/s asked and reached within
-/// the window, server CPU per delivery, latency, loss.
-#[allow(clippy::too_many_arguments)]
+/// One event to every one of the `open` streams every `p.interval`,
+/// `p.events` times; the figures under `p.key`: deliveries/s asked and
+/// reached within the window, server CPU per delivery, latency, loss.
 async fn paced_phase(
     plan: &Plan,
+    p: &Paced,
     b: &mut Bench,
     pids: &[u32],
     open: usize,
-    interval: Duration,
-    events: u64,
-    key: &str,
     f: &mut Figures,
 ) {
+    let (interval, events) = (p.interval, p.events);
     let phase = b.begin_phase(1, events, 0);
     let cpu0 = server::cpu_s(pids);
     let start = Instant::now() + Duration::from_millis(50);
@@ -552,7 +557,7 @@ async fn paced_phase(
     let expected = published * open as u64;
     b.wait_delivered(expected, plan.drain).await;
     let t = tally(&b.end_phase());
-    let mut put = |name: &str, value: f64| f.insert(format!("{key}.{name}"), value);
+    let mut put = |name: &str, value: f64| f.insert(format!("{}.{name}", p.key), value);
     put(
         "asked",
         (events * open as u64) as f64 / window.as_secs_f64(),
