@@ -11,11 +11,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::event::{EventId, IdClock, TopicFilter};
 use crate::sse::{Event, Frame, SharedFrame};
 
-/// A page holds at most this many frames, and stops early once it holds this
-/// many bytes (a page holds at least one frame if one matches): what one
-/// stream keeps while it writes a replay or catches up. The bytes are shared
-/// with the log and every other reader (a local log), so the bound that
-/// matters per stream is the pointers.
+/// A page holds at most this many frames, and stops early once it holds the
+/// bytes its reader asked for, at most `PAGE_BYTES` (a page holds at least
+/// one frame if one matches): what one stream keeps while it writes a
+/// replay or catches up. A stream asks for what its socket can take now, so
+/// one whose client is not reading holds one frame at most.
 pub const PAGE_EVENTS: usize = 256;
 pub const PAGE_BYTES: usize = 256 * 1024;
 /// Entries one page looks at, matching or not, before it returns: a reader
@@ -60,8 +60,13 @@ pub trait EventLog: Send + Sync {
     /// only grow. Returns once the event is stored.
     fn append(&self, event: &Event) -> Result<SharedFrame, LogError>;
     /// One page of what follows `after` (from the oldest retained when None)
-    /// for `topics`.
-    fn read(&self, after: Option<EventId>, topics: &TopicFilter) -> Result<Page, LogError>;
+    /// for `topics`, of about `max_bytes` of frames (see `PAGE_BYTES`).
+    fn read(
+        &self,
+        after: Option<EventId>,
+        topics: &TopicFilter,
+        max_bytes: usize,
+    ) -> Result<Page, LogError>;
     /// The oldest retained id: a subscriber whose position is below it can
     /// no longer catch up.
     fn oldest(&self) -> Option<EventId>;
@@ -113,8 +118,13 @@ impl EventLog for MemoryLog {
         Ok(frame)
     }
 
-    fn read(&self, after: Option<EventId>, topics: &TopicFilter) -> Result<Page, LogError> {
-        Ok(self.state().1.read(after, topics))
+    fn read(
+        &self,
+        after: Option<EventId>,
+        topics: &TopicFilter,
+        max_bytes: usize,
+    ) -> Result<Page, LogError> {
+        Ok(self.state().1.read(after, topics, max_bytes))
     }
 
     fn oldest(&self) -> Option<EventId> {
@@ -185,7 +195,7 @@ impl History {
     }
 
     /// One page after `after` (see `Page`): O(log len + PAGE_SCAN).
-    pub fn read(&self, after: Option<EventId>, topics: &TopicFilter) -> Page {
+    pub fn read(&self, after: Option<EventId>, topics: &TopicFilter, max_bytes: usize) -> Page {
         let (start, gap) = match after {
             None => (0, None),
             Some(after) if Some(after) == self.newest => {
@@ -214,7 +224,7 @@ impl History {
         while at < self.ring.len()
             && at - start < PAGE_SCAN
             && page.frames.len() < PAGE_EVENTS
-            && bytes < PAGE_BYTES
+            && bytes < max_bytes.min(PAGE_BYTES)
         {
             let f = &self.ring[at];
             if topics.matches(&f.topic) {
@@ -256,12 +266,12 @@ mod tests {
         after: EventId,
         topics: &TopicFilter,
     ) -> (Option<Option<EventId>>, Vec<u64>) {
-        let first = h.read(Some(after), topics);
+        let first = h.read(Some(after), topics, PAGE_BYTES);
         let gap = first.gap;
         let mut ids: Vec<u64> = first.frames.iter().map(|f| f.id.ms).collect();
         let (mut end, mut at) = (first.end, first.scanned);
         while !end {
-            let page = h.read(at, topics);
+            let page = h.read(at, topics, PAGE_BYTES);
             assert_eq!(page.gap, None, "a gap after {at:?} while paging");
             assert!(page.frames.len() <= PAGE_EVENTS);
             ids.extend(page.frames.iter().map(|f| f.id.ms));
@@ -294,7 +304,7 @@ mod tests {
     #[test]
     fn newest_id_replays_nothing_and_is_the_edge() {
         let h = filled(100, 1 << 20, 3);
-        let page = h.read(Some(id(3)), &TopicFilter::All);
+        let page = h.read(Some(id(3)), &TopicFilter::All, PAGE_BYTES);
         assert_eq!((page.gap, page.frames.len()), (None, 0));
         assert_eq!((page.scanned, page.end), (Some(id(3)), true));
     }
@@ -326,7 +336,7 @@ mod tests {
     fn unknown_ids_are_gaps() {
         let h = filled(100, 1 << 20, 5);
         // from the future, or from another hub: read on from the newest
-        let page = h.read(Some(id(99)), &TopicFilter::All);
+        let page = h.read(Some(id(99)), &TopicFilter::All, PAGE_BYTES);
         assert_eq!((page.gap, page.frames.len()), (Some(Some(id(1))), 0));
         assert_eq!((page.scanned, page.end), (Some(id(5)), true));
         // between retained ids but never issued here
@@ -339,7 +349,7 @@ mod tests {
     #[test]
     fn empty_history_is_a_gap_with_nothing_available() {
         let h = History::new(100, 1 << 20);
-        let page = h.read(Some(id(1)), &TopicFilter::All);
+        let page = h.read(Some(id(1)), &TopicFilter::All, PAGE_BYTES);
         assert_eq!((page.gap, page.scanned, page.end), (Some(None), None, true));
     }
 
@@ -359,14 +369,14 @@ mod tests {
         for ms in 1..=10_000 {
             h.append(frame(ms, if ms == 9_000 { "rare" } else { "odd" }, 100));
         }
-        let page = h.read(None, &TopicFilter::All);
+        let page = h.read(None, &TopicFilter::All, PAGE_BYTES);
         assert_eq!(page.frames.len(), PAGE_EVENTS);
         assert_eq!(
             (page.scanned, page.end),
             (Some(id(PAGE_EVENTS as u64)), false)
         );
         // A rare topic: each page looks at PAGE_SCAN entries at most.
-        let page = h.read(None, &only("rare"));
+        let page = h.read(None, &only("rare"), PAGE_BYTES);
         assert_eq!(page.frames.len(), 0);
         assert_eq!(page.scanned, Some(id(PAGE_SCAN as u64)));
         assert_eq!(replay(&h, id(1), &only("rare")).1, [9_000]);
@@ -375,8 +385,11 @@ mod tests {
         for ms in 1..=100 {
             h.append(frame(ms, "odd", 60_000));
         }
-        let page = h.read(None, &TopicFilter::All);
+        let page = h.read(None, &TopicFilter::All, PAGE_BYTES);
         assert_eq!(page.frames.len(), PAGE_BYTES.div_ceil(60_000));
+        // Asked for less, and at least one frame.
+        assert_eq!(h.read(None, &TopicFilter::All, 130_000).frames.len(), 3);
+        assert_eq!(h.read(None, &TopicFilter::All, 1).frames.len(), 1);
     }
 
     /// The ring against a plain list of what it should retain, across

@@ -123,6 +123,13 @@ pub struct Subscription<'a> {
     /// The id after which this subscriber is owed every event: the given
     /// last event id, or the newest id fanned out when it registered.
     pub start: Option<EventId>,
+    /// Whether the stream must read the log after `start` before its queue:
+    /// a replay. Not with a followed log when the given id is at or past
+    /// what the follower had fanned out: everything after that comes
+    /// through the queue (the follower lags this client, which got its
+    /// events from another process), and what is not above `start` is
+    /// skipped there.
+    pub replay: bool,
     shared: Arc<Shared>,
 }
 
@@ -152,18 +159,21 @@ impl Subscription<'_> {
         self.shared.position_ms.store(id.ms, Ordering::Relaxed);
     }
 
-    /// One page of the log after `after` for this subscriber's topics.
-    pub fn read(&self, after: Option<EventId>) -> Result<Page, LogError> {
-        self.hub.log.read(after, &self.topics)
+    /// One page of the log after `after` for this subscriber's topics, of
+    /// about `max_bytes`.
+    pub fn read(&self, after: Option<EventId>, max_bytes: usize) -> Result<Page, LogError> {
+        self.hub.log.read(after, &self.topics, max_bytes)
     }
 
     /// The stream gives up on its client (it fell off the history, or took
     /// no data for two heartbeats): out of the registry and counted as
-    /// evicted now, before its thread has closed the socket.
+    /// evicted now, before its thread has closed the socket. Counted even
+    /// when the hang-up watch was first to take it out: the kernel ends a
+    /// connection whose window stayed shut (`TCP_USER_TIMEOUT`) as the
+    /// stream's own wait would have.
     pub fn evict(&self) {
-        if self.hub.unregister(self.key, GONE) {
-            Metrics::add(&self.hub.metrics.evicted, 1);
-        }
+        self.hub.unregister(self.key, GONE);
+        Metrics::add(&self.hub.metrics.evicted, 1);
     }
 
     /// Identifies this subscriber to `Hub::hang_up`.
@@ -249,6 +259,12 @@ impl Hub {
         };
         Metrics::add(&self.metrics.published, 1);
         Ok(Published { id, receivers })
+    }
+
+    /// Where the follower of a followed log starts: every later event is
+    /// fanned out by it.
+    pub fn follow_from(&self, at: EventId) {
+        self.lock().edge.get_or_insert(at);
     }
 
     /// Queues frames read from a followed log, oldest first, for every
@@ -369,6 +385,8 @@ impl Hub {
             fd,
         });
         let start = last.or(inner.edge);
+        let caught_up = self.log.followed()
+            && last.is_some_and(|last| inner.edge.is_some_and(|edge| last >= edge));
         drop(inner);
         Ok(Subscription {
             hub: self,
@@ -376,6 +394,7 @@ impl Hub {
             rx,
             topics,
             start,
+            replay: last.is_some() && !caught_up,
             shared,
         })
     }
@@ -450,7 +469,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::MemoryLog;
+    use crate::history::{MemoryLog, PAGE_BYTES};
 
     fn hub(max_subscribers: usize, client_queue: usize) -> Hub {
         Hub::new(
@@ -506,7 +525,7 @@ mod tests {
         assert!(!slow.take_behind(), "behind is taken once");
         // What was not queued is in the log after the last queued frame.
         let second = slow.rx.try_iter().last().unwrap();
-        let page = slow.read(Some(second.id)).unwrap();
+        let page = slow.read(Some(second.id), PAGE_BYTES).unwrap();
         assert_eq!((page.gap, page.frames.len(), page.end), (None, 48, true));
         assert_eq!(hub.metrics.evicted.load(Ordering::Relaxed), 0);
     }
@@ -565,7 +584,7 @@ mod tests {
         assert_eq!(replay.start, Some(first));
         let third = hub.publish("t", None, "3").unwrap().id;
         assert_eq!(live.rx.try_recv().unwrap().id, third);
-        let page = replay.read(replay.start).unwrap();
+        let page = replay.read(replay.start, PAGE_BYTES).unwrap();
         let ids: Vec<EventId> = page.frames.iter().map(|f| f.id).collect();
         assert_eq!(ids, [second, third]);
     }
@@ -586,7 +605,6 @@ mod tests {
         let hub = hub(10, 10);
         let sub = hub.subscribe(all(), None, -1).unwrap();
         assert_eq!(hub.gauges().subscribers, 1);
-        sub.evict();
         sub.evict();
         assert_eq!(hub.gauges().subscribers, 0);
         assert_eq!(hub.metrics.evicted.load(Ordering::Relaxed), 1);

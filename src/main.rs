@@ -41,6 +41,7 @@ fn main() {
         }
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    limits::return_large_frees();
 
     let capacity = limits::measure();
     let mut max_subscribers = config.max_subscribers;
@@ -61,7 +62,7 @@ fn main() {
 
     // Redis first: a hub that cannot reach it must not look ready.
     let (log, follower): (Box<dyn EventLog>, _) = match &config.redis {
-        Some(url) => match redis::connect(url, config.history) {
+        Some(url) => match redis::connect(url, config.history, config.max_event_bytes) {
             Ok((log, follower)) => (Box::new(log), Some(follower)),
             Err(e) => {
                 eprintln!("ssehub: error: {e}");

@@ -79,17 +79,21 @@ impl FrameCache {
             return Some(frame);
         }
         let frame = decode(entry)?;
-        self.keep(&frame);
-        Some(frame)
+        Some(self.keep(frame))
     }
 
-    fn keep(&self, frame: &SharedFrame) {
+    /// `frame`, or the copy another stream decoded meanwhile.
+    fn keep(&self, frame: SharedFrame) -> SharedFrame {
         let mut frames = self.lock();
+        if let Some(kept) = frames.get(&frame.id).and_then(Weak::upgrade) {
+            return kept;
+        }
         // Forget the frames nobody holds, at most once per doubling.
         if frames.len() >= frames.capacity().max(1024) {
             frames.retain(|_, f| f.strong_count() > 0);
         }
-        frames.insert(frame.id, Arc::downgrade(frame));
+        frames.insert(frame.id, Arc::downgrade(&frame));
+        frame
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<EventId, Weak<Frame>>> {
@@ -115,6 +119,9 @@ pub struct RedisLog {
     history: usize,
     /// The approximate `MAXLEN` every `XADD` trims the stream to.
     max_len: usize,
+    /// Entries one page asks for at most: a reply holds at most four pages'
+    /// bytes of the largest events a publisher may send.
+    max_count: usize,
 }
 
 /// The thread-to-be that reads the stream and fans it out to this process.
@@ -131,7 +138,11 @@ pub struct Follower {
 
 /// Connects to Redis at `url` and reads where the stream ends, so that the
 /// follower starts exactly after what is already there.
-pub fn connect(url: &str, history: usize) -> Result<(RedisLog, Follower), StartError> {
+pub fn connect(
+    url: &str,
+    history: usize,
+    max_event_bytes: usize,
+) -> Result<(RedisLog, Follower), StartError> {
     let client = Client::open(url).map_err(|e| StartError {
         // The URL may carry a password: show only its scheme.
         at: url.split("://").next().unwrap_or("").to_string() + "://…",
@@ -165,13 +176,14 @@ pub fn connect(url: &str, history: usize) -> Result<(RedisLog, Follower), StartE
         up: AtomicBool::new(true),
         len: AtomicUsize::new(len),
         oldest: Mutex::new(None),
-        page_hint: AtomicUsize::new(16),
+        page_hint: AtomicUsize::new(PAGE_BYTES / max_event_bytes.max(1)),
         frames: FrameCache::default(),
     });
     let log = RedisLog {
         shared: shared.clone(),
         history,
         max_len: history.max(MIN_STREAM_LEN),
+        max_count: (4 * PAGE_BYTES / max_event_bytes.max(1)).clamp(1, PAGE_EVENTS),
     };
     let follower = Follower {
         shared,
@@ -238,14 +250,17 @@ impl EventLog for RedisLog {
     /// `oldest_available` (Redis keeps no record of the last entry it
     /// trimmed, so a client holding exactly that id is told of a gap too).
     /// With `--history 0` only the newest id is no gap, and nothing is read.
-    /// A page asks for as many entries as fit `PAGE_BYTES` at the sizes seen
+    /// A page asks for as many entries as fit `max_bytes` at the sizes seen
     /// lately, so a stream of large events is not read whole into memory.
-    fn read(&self, after: Option<EventId>, topics: &TopicFilter) -> Result<Page, LogError> {
-        let count = self
-            .shared
-            .page_hint
-            .load(Ordering::Relaxed)
-            .clamp(1, PAGE_EVENTS);
+    fn read(
+        &self,
+        after: Option<EventId>,
+        topics: &TopicFilter,
+        max_bytes: usize,
+    ) -> Result<Page, LogError> {
+        let max_bytes = max_bytes.clamp(1, PAGE_BYTES);
+        let hint = self.shared.page_hint.load(Ordering::Relaxed);
+        let count = (hint * max_bytes / PAGE_BYTES).clamp(1, self.max_count);
         let mut pipe = redis::pipe();
         let after_id = after.map(|a| a.to_string());
         if let Some(id) = &after_id {
@@ -300,12 +315,18 @@ impl EventLog for RedisLog {
         }
         page.end = read.len() < count;
         let n = read.len();
-        let mut bytes = 0;
+        let (mut bytes, mut kept) = (0, 0);
         for entry in read {
-            page.scanned = Some(entry.0);
             bytes += entry_bytes(&entry.1);
+            if kept >= max_bytes {
+                // The rest is read again by the next page.
+                page.end = false;
+                continue;
+            }
+            page.scanned = Some(entry.0);
             if let Some(frame) = self.shared.frames.decode(entry) {
                 if topics.matches(&frame.topic) {
+                    kept += frame.bytes.len();
                     page.frames.push(frame);
                 }
             }
@@ -426,6 +447,7 @@ impl Follower {
     }
 
     fn run(mut self, hub: &Hub) {
+        hub.follow_from(self.last);
         let mut backoff = BACKOFF_FIRST;
         loop {
             let mut con = match self.con.take() {
@@ -511,7 +533,8 @@ impl Follower {
         let run_id = server_run_id(&mut con)?;
         let same_server = run_id == self.run_id;
         self.run_id = run_id;
-        if same_server {
+        // Nothing read yet (an empty stream at startup): nothing to miss.
+        if same_server && self.last != (EventId { ms: 0, seq: 0 }) {
             let last = self.last.to_string();
             let (found, first): (Value, Value) =
                 gap_probe(&mut redis::pipe(), &last).query(&mut con)?;

@@ -14,7 +14,7 @@ use crossbeam_channel::RecvTimeoutError;
 
 use crate::event::EventId;
 use crate::hangup::Hangups;
-use crate::history::PAGE_EVENTS;
+use crate::history::{PAGE_BYTES, PAGE_EVENTS};
 use crate::hub::{Ending, Subscription};
 use crate::metrics::Metrics;
 use crate::sse::{self, SharedFrame};
@@ -153,6 +153,32 @@ impl Writer {
         }
     }
 
+    /// Bytes the socket takes now without waiting: what its send buffer has
+    /// room for (the kernel counts half of `SO_SNDBUF` as payload). Waits
+    /// for room first, telling the hub, when there is none.
+    fn room(&self, blocked: &dyn Fn(bool)) -> io::Result<usize> {
+        let free = || {
+            let size = socket2::SockRef::from(&self.stream)
+                .send_buffer_size()
+                .unwrap_or(0);
+            let mut queued: libc::c_int = 0;
+            // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int we own.
+            let rc = unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+            if rc != 0 {
+                return PAGE_BYTES;
+            }
+            (size / 2).saturating_sub(queued.max(0) as usize)
+        };
+        let room = free();
+        if room > 0 {
+            return Ok(room);
+        }
+        blocked(true);
+        let waited = self.wait_for_room();
+        blocked(false);
+        waited.map(|()| free().max(1))
+    }
+
     /// Ends the body: the zero-size chunk for HTTP/1.1, the close for 1.0.
     fn finish(&mut self) {
         if self.chunked {
@@ -214,11 +240,12 @@ fn writer(stream: TcpStream, p: &StreamParams) -> io::Result<Writer> {
 pub fn serve(stream: TcpStream, sub: Subscription<'_>, p: &StreamParams) {
     lower_priority();
     // A client that vanishes without a FIN or RST (a phone that lost its
-    // network, a NAT that forgot the flow) never acknowledges what is sent;
-    // the kernel gives up on it after two heartbeats instead of ~15 minutes
-    // of retransmissions. A client that is alive acknowledges even with a
-    // full window, and is given up on by `Writer::stall` if it reads nothing.
-    let _ = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(2 * p.heartbeat));
+    // network, a NAT that forgot the flow) never acknowledges the next
+    // heartbeat; the kernel gives up on it after another heartbeat instead
+    // of ~15 minutes of retransmissions, and the hang-up watch sees the
+    // error. It also ends a connection whose window stays shut that long (a
+    // client that reads nothing), as `Writer::stall` would.
+    let _ = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(p.heartbeat));
     p.hangups.watch(&stream, sub.key());
     let mut w = match writer(stream, p) {
         Ok(w) => w,
@@ -289,7 +316,7 @@ fn run(w: &mut Writer, sub: &Subscription<'_>, p: &StreamParams) -> io::Result<(
     if let Some(at) = cursor {
         sub.set_position(at);
     }
-    let mut replaying = p.last_event_id.is_some();
+    let mut replaying = sub.replay;
     let mut first_page = replaying;
     let mut last_write = Instant::now();
     let mut batch: Vec<SharedFrame> = Vec::new();
@@ -306,7 +333,10 @@ fn run(w: &mut Writer, sub: &Subscription<'_>, p: &StreamParams) -> io::Result<(
             // most up to it: read from the log until the live edge.
             while sub.rx.try_recv().is_ok() {}
             loop {
-                let page = match sub.read(cursor) {
+                // What the socket takes now: a stream whose client does not
+                // read holds one frame at most, not a page of its own.
+                let room = w.room(&blocked)?;
+                let page = match sub.read(cursor, room) {
                     Ok(page) => page,
                     Err(e) => {
                         log::info!(

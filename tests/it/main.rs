@@ -8,6 +8,7 @@ mod cgroup;
 mod hostile;
 mod limits;
 mod netns;
+mod pace;
 mod proxy;
 mod publish;
 mod redis;

@@ -646,3 +646,64 @@ fn unreachable_redis_at_start_exits_1_naming_it() {
         "{err}"
     );
 }
+
+/// The seam of `pace::the_seam_loses_and_repeats_nothing` across two
+/// processes: publishers on both, subscribers moving between them with
+/// their last id, queues overflowing on purpose.
+#[test]
+fn the_seam_loses_and_repeats_nothing_across_processes() {
+    let Some(redis) = Redis::start() else { return };
+    let args = ["--redis", &redis.url(), "--client-queue", "4"];
+    let (a, b) = (Hub::start(&args), Hub::start(&args));
+    crate::pace::the_seam_loses_and_repeats_nothing(&[&a, &b]);
+}
+
+/// With `--history 0` nothing is replayed, but a client that moves to a
+/// process whose follower is behind the client's own last id must still
+/// never get an event at or below it: the follower's backlog is skipped.
+#[test]
+fn a_client_ahead_of_a_lagging_follower_gets_nothing_it_had() {
+    let Some(redis) = Redis::start() else { return };
+    let args = ["--redis", &redis.url(), "--history", "0"];
+    let (a, mut b) = (Hub::start(&args), Hub::start(&args));
+    // B stops while A publishes a backlog its follower reads on resuming
+    // (less than the stream keeps, or B would rightly end its streams).
+    b.signal(libc::SIGSTOP);
+    let ids = crate::pace::flood(&a, "t", 600, 64, "");
+    let last = ids.last().unwrap().clone();
+    // The client's request waits in B's listen queue, and is served while
+    // B's follower works through the backlog.
+    let mut s = b.connect();
+    s.write_all(
+        format!("GET /events HTTP/1.1\r\nHost: localhost\r\nLast-Event-ID: {last}\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    b.signal(libc::SIGCONT);
+    assert!(b.running());
+    let mut sub = Sub::open(s);
+    assert_eq!(sub.head.status, 200);
+    assert!(sub.next_event().retry.is_some());
+    let next = a.publish("t", "after");
+    let ev = sub
+        .try_next_event()
+        .unwrap_or_else(|e| panic!("{e}: {}", b.log()));
+    assert_eq!(
+        (ev.event.as_deref(), ev.id.as_deref()),
+        (None, Some(next.as_str())),
+        "{}",
+        ev.raw
+    );
+}
+
+/// `pace::replaying_non_readers_hold_a_page_each` with the log on Redis. A
+/// stream whose socket is full holds the one frame it could not write (its
+/// own decoded copy unless another stream holds the same one), so the
+/// events are small beside a stream's idle footprint; with 60 KB events
+/// each such stream holds about 60 KB more than idle.
+#[test]
+fn replaying_non_readers_hold_a_page_each_on_redis() {
+    let Some(redis) = Redis::start() else { return };
+    let hub = Hub::start(&["--redis", &redis.url()]);
+    crate::pace::replaying_non_readers_hold_a_page_each(&hub, 4_000);
+}
