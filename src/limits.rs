@@ -182,6 +182,23 @@ pub fn size_futex_hash(threads: usize) -> Option<usize> {
     (set == 0).then_some(buckets)
 }
 
+/// Blocks this large or larger are mapped on their own, so that freeing one
+/// gives its memory back at once. glibc's default (128 KiB, then raised to
+/// the largest block freed) leaves what each of thousands of stream threads
+/// decoded in its own arena: measured, 50 streams replaying 60 KB events
+/// from Redis kept ~490 KiB each after the pages they held were written.
+const MMAP_THRESHOLD: i32 = 32 * 1024;
+
+/// Tells the allocator to map large blocks (event bodies, frames, Redis
+/// replies) on their own; a no-op where it is not glibc.
+pub fn return_large_frees() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,22 +228,5 @@ mod tests {
             // know the option (-1), or has no private hash built in (0).
             None => assert!(futex_buckets() <= 0),
         }
-    }
-}
-
-/// Blocks this large or larger are mapped on their own, so that freeing one
-/// gives its memory back at once. glibc's default (128 KiB, then raised to
-/// the largest block freed) leaves what each of thousands of stream threads
-/// decoded in its own arena: measured, 50 streams replaying 60 KB events
-/// from Redis kept ~490 KiB each after the pages they held were written.
-const MMAP_THRESHOLD: i32 = 32 * 1024;
-
-/// Tells the allocator to map large blocks (event bodies, frames, Redis
-/// replies) on their own; a no-op where it is not glibc.
-pub fn return_large_frees() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
     }
 }
