@@ -32,7 +32,7 @@ use hub::{Hub, HubLimits};
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
 fn main() {
-    let config = match Config::parse(std::env::args_os()) {
+    let config = match Config::parse(std::env::args_os(), std::env::vars_os()) {
         Ok(config) => config,
         Err(ConfigError::Args(e)) => e.exit(),
         Err(e) => {
