@@ -186,42 +186,79 @@ pub fn serve_connection(stream: TcpStream, app: &App) {
     }
 }
 
+/// What a request asks for, once its method and path are known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Subscribe,
+    Publish,
+    Preflight,
+    Page,
+    Health,
+    Metrics,
+}
+
+impl Endpoint {
+    /// Routes by method and path alone: an unknown path is 404 and a known
+    /// one with another method 405, whatever body the request declares
+    /// (SPEC "Other routes").
+    fn of(method: &Method, path: &str, cors: bool) -> Result<Endpoint, Refusal> {
+        Ok(match (method, path) {
+            (Method::Get, "/events") => Endpoint::Subscribe,
+            (Method::Post, "/events") => Endpoint::Publish,
+            (Method::Options, "/events") if cors => Endpoint::Preflight,
+            (Method::Get | Method::Head, "/") => Endpoint::Page,
+            (Method::Get | Method::Head, "/healthz") => Endpoint::Health,
+            (Method::Get | Method::Head, "/metrics") => Endpoint::Metrics,
+            (_, "/events" | "/" | "/healthz" | "/metrics") => {
+                return Err(Refusal::new(405, "method not allowed"))
+            }
+            _ => return Err(Refusal::new(404, "not found")),
+        })
+    }
+
+    /// The largest body the endpoint takes; a longer declared one is 413
+    /// before a byte of it is read.
+    fn body_limit(self, config: &Config) -> usize {
+        match self {
+            Endpoint::Publish => config.max_event_bytes,
+            _ => 0,
+        }
+    }
+}
+
 /// Answers one request; gives the connection back if it stays open.
 fn route(mut conn: Conn, head: Head, app: &App) -> Option<Conn> {
     let (path, query) = split_target(&head.target);
     let events = path == "/events";
-    // Framing and the declared size are checked on every request, before
-    // routing: no route reads a body it cannot trust or will not take.
-    let limit = match (&head.method, path) {
-        (Method::Post, "/events") => app.config.max_event_bytes,
-        _ => 0,
-    };
-    let framing = match head.framing() {
-        Ok(Framing::Length(n)) if n > limit as u64 => Err(RequestError::BodyTooLarge),
-        other => other,
-    };
+    let framing = head.framing();
     // A refused request's body is not read, so the connection cannot be
     // trusted to hold a next request after it.
     let body_unread = !matches!(framing, Ok(Framing::None | Framing::Length(0)));
+    // Framing first: RFC 9112 §6.3 makes a malformed length a 400 that
+    // closes the connection, whatever the route. Then the Host, the route,
+    // and the declared size against what that route takes.
     let checked = framing.map_err(Refusal::from).and_then(|framing| {
-        check_host(&head, app.config.allowed_hosts.as_deref()).map(|()| framing)
+        check_host(&head, app.config.allowed_hosts.as_deref())?;
+        let endpoint = Endpoint::of(&head.method, path, app.config.cors_origin.is_some())?;
+        match framing {
+            Framing::Length(n) if n > endpoint.body_limit(&app.config) as u64 => {
+                Err(RequestError::BodyTooLarge.into())
+            }
+            framing => Ok((endpoint, framing)),
+        }
     });
     let reply = match checked {
         Err(refusal) => Err(refusal),
-        Ok(framing) => match (&head.method, path) {
-            (Method::Get, "/events") => {
-                return subscribe(conn, &head, framing, query, app);
-            }
-            (Method::Post, "/events") => publish(&mut conn, &head, framing, query, app),
-            (Method::Options, "/events") if app.config.cors_origin.is_some() => {
-                bodyless(&mut conn, framing).map(|()| preflight())
-            }
-            (Method::Get | Method::Head, "/") => bodyless(&mut conn, framing).map(|()| {
+        Ok((endpoint, framing)) => match endpoint {
+            Endpoint::Subscribe => return subscribe(conn, &head, framing, query, app),
+            Endpoint::Publish => publish(&mut conn, &head, framing, query, app),
+            Endpoint::Preflight => bodyless(&mut conn, framing).map(|()| preflight()),
+            Endpoint::Page => bodyless(&mut conn, framing).map(|()| {
                 Reply::new(200, "text/html; charset=utf-8", PAGE)
                     .header("Content-Security-Policy", PAGE_CSP)
                     .header("X-Content-Type-Options", "nosniff")
             }),
-            (Method::Get | Method::Head, "/healthz") => bodyless(&mut conn, framing).map(|()| {
+            Endpoint::Health => bodyless(&mut conn, framing).map(|()| {
                 // A hub whose shared log is down still serves its open
                 // streams, but cannot publish: a load balancer should prefer
                 // another.
@@ -231,17 +268,13 @@ fn route(mut conn: Conn, head: Head, app: &App) -> Option<Conn> {
                     Reply::text(503, "event log down")
                 }
             }),
-            (Method::Get | Method::Head, "/metrics") => bodyless(&mut conn, framing).map(|()| {
+            Endpoint::Metrics => bodyless(&mut conn, framing).map(|()| {
                 Reply::new(
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",
                     app.hub.metrics.render(&app.hub.gauges()),
                 )
             }),
-            (_, "/events" | "/" | "/healthz" | "/metrics") => {
-                Err(Refusal::new(405, "method not allowed"))
-            }
-            _ => Err(Refusal::new(404, "not found")),
         },
     };
     let reply = match reply {
