@@ -523,14 +523,18 @@ fn is_loopback_name(name: &str) -> bool {
 /// A browser sends `Origin` with every POST, and any page may POST to any
 /// address without a preflight (a "simple" request), so a hub on loopback
 /// without a token could be published to by every site its user visits.
-/// Publishing from a browser is therefore allowed from the hub's own origin
-/// and from `--cors-origin` only. Clients that are not browsers send no
-/// `Origin`.
-fn origin_may_publish(head: &Head, cors_origin: Option<&str>) -> bool {
+/// Publishing from a browser is therefore allowed from the hub's own origin,
+/// from the origin `--cors-origin` names (`*` names none: it opens reading
+/// to every page, not publishing), and with the publish token. Clients that
+/// are not browsers send no `Origin`.
+fn origin_may_publish(head: &Head, cors_origin: Option<&str>, token: Option<&str>) -> bool {
     let Ok(Some(origin)) = head.single("Origin") else {
         return head.single("Origin").is_ok();
     };
-    if cors_origin.is_some_and(|allowed| allowed == "*" || allowed == origin) {
+    if cors_origin == Some(origin) && origin != "*" {
+        return true;
+    }
+    if token.is_some_and(|token| bearer_matches(head, token)) {
         return true;
     }
     let authority = origin
@@ -562,7 +566,11 @@ fn publish(
     app: &App,
 ) -> Result<Reply, Refusal> {
     let cfg = &app.config;
-    if !origin_may_publish(head, cfg.cors_origin.as_deref()) {
+    if !origin_may_publish(
+        head,
+        cfg.cors_origin.as_deref(),
+        cfg.publish_token.as_deref(),
+    ) {
         return Err(Refusal::new(
             403,
             "cross-origin publish refused (see --cors-origin)",
