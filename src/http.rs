@@ -655,7 +655,8 @@ fn subscribe(
                     }
                 }
                 "token" => token = Some(v),
-                "lastEventId" => query_id = Some(v),
+                // Empty is absent, as for the header.
+                "lastEventId" => query_id = Some(v).filter(|v| !v.is_empty()),
                 _ => {}
             }
         }
