@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::event::{self, EventId, TopicFilter};
 use crate::hangup::Hangups;
 use crate::hub::{Hub, PublishError, SubscribeError};
+use crate::quiet::Quiet;
 use crate::request::{Conn, Framing, Head, RequestError};
 use crate::stream::{self, StreamParams};
 
@@ -38,6 +39,9 @@ pub struct App {
     pub hub: Arc<Hub>,
     pub config: Config,
     pub hangups: Hangups,
+    /// Refusals are logged at most a few a second: anyone can send
+    /// thousands, and stderr is written synchronously.
+    pub refusal_log: Quiet,
 }
 
 /// A plain (non-stream) response.
@@ -307,15 +311,17 @@ fn refuse(
     let (method, path) = head.map_or(("-".into(), "-".into()), |h| {
         (h.method.to_string(), shown(split_target(&h.target).0))
     });
-    let peer = conn
-        .stream
-        .peer_addr()
-        .map_or_else(|_| "-".into(), |a| a.to_string());
-    log::info!(
-        "refused {method} {path} from {peer}: {} {}",
-        refusal.status,
-        refusal.reason
-    );
+    if let Some(more) = app.refusal_log.due(Instant::now()) {
+        let peer = conn
+            .stream
+            .peer_addr()
+            .map_or_else(|_| "-".into(), |a| a.to_string());
+        log::info!(
+            "refused {method} {path} from {peer}: {} {}{more}",
+            refusal.status,
+            refusal.reason
+        );
+    }
     crate::metrics::Metrics::add(&app.hub.metrics.refused, 1);
     let publishing = head.is_some_and(|h| h.method == Method::Post);
     let mut reply = if publishing {

@@ -12,6 +12,7 @@ mod hub;
 mod limits;
 mod listener;
 mod metrics;
+mod quiet;
 mod redis;
 mod request;
 mod sse;
@@ -114,6 +115,7 @@ fn main() {
         hub,
         config,
         hangups,
+        refusal_log: quiet::Quiet::new("refusals"),
     });
     {
         let app = app.clone();
