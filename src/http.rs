@@ -708,11 +708,15 @@ fn subscribe(
                     log::debug!("stream closed");
                     return None;
                 }
+                // Not a 503: EventSource never retries after one, and this
+                // client only needs to come back a little later, or, during
+                // shutdown, to the next hub.
                 Err(SubscribeError::Unavailable(e)) => {
-                    // Not a 503: EventSource never retries after one, and this
-                    // client only needs to come back a little later.
-                    log::info!("replay unavailable ({e}): the stream ends at once, to be retried");
-                    stream::retry_later(conn.into_stream(), &params);
+                    retry_later(conn, app, &params, &format!("replay unavailable ({e})"));
+                    return None;
+                }
+                Err(SubscribeError::Closed) => {
+                    retry_later(conn, app, &params, "shutting down");
                     return None;
                 }
                 Err(SubscribeError::Full) => Refusal {
@@ -720,16 +724,20 @@ fn subscribe(
                     close: true,
                     ..Refusal::new(503, "too many subscribers")
                 },
-                Err(SubscribeError::Closed) => Refusal {
-                    retry_after: true,
-                    close: true,
-                    ..Refusal::new(503, "shutting down")
-                },
             }
         }
         Err(refusal) => refusal,
     };
     refuse(&mut conn, Some(head), None, app, refusal).then_some(conn)
+}
+
+/// Answers a subscription that cannot be served now with a stream that
+/// gives `retry:` and ends at once, which `EventSource` retries.
+fn retry_later(conn: Conn, app: &App, params: &StreamParams, why: &str) {
+    if let Some(more) = app.refusal_log.due(Instant::now()) {
+        log::info!("{why}: a stream ends at once, to be retried{more}");
+    }
+    stream::retry_later(conn.into_stream(), params);
 }
 
 #[cfg(test)]
