@@ -2,100 +2,82 @@
 //! every default in one place. Every startup refusal is a `ConfigError`
 //! naming the option; nothing else in the crate reads argv or the environment.
 
-use std::ffi::OsString;
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "ssehub",
     version,
     about = "A Server-Sent Events hub: POST events, subscribe with EventSource, replay with Last-Event-ID.",
-    after_help = "Every option also reads SSEHUB_<NAME> (e.g. SSEHUB_PUBLISH_TOKEN); the flag wins. RUST_LOG sets the log level (default info)."
+    after_help = "Every option also reads SSEHUB_<NAME>, its name in capitals with _ for - (e.g. SSEHUB_PUBLISH_TOKEN); the flag wins; an empty variable counts as unset; a switch takes true or false (1/0, yes/no, on/off). RUST_LOG sets the log level (default info)."
 )]
 struct Args {
     /// Listen address; port 0 picks a free port
-    #[arg(
-        long,
-        env = "SSEHUB_BIND",
-        value_name = "ADDR",
-        default_value = "127.0.0.1:8080"
-    )]
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     bind: SocketAddr,
 
     /// Idle seconds after which a subscriber gets a `:` comment line
-    #[arg(long, env = "SSEHUB_HEARTBEAT", value_name = "SECS", default_value_t = 30,
+    #[arg(long, value_name = "SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     heartbeat: u64,
 
     /// Base reconnection delay sent as `retry:`; each stream adds up to 50% jitter
-    #[arg(long, env = "SSEHUB_RETRY_MS", value_name = "MS", default_value_t = 3000,
+    #[arg(long, value_name = "MS", default_value_t = 3000,
           value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     retry_ms: u64,
 
     /// Events kept for replay (all topics together); 0 disables replay
-    #[arg(
-        long,
-        env = "SSEHUB_HISTORY",
-        value_name = "N",
-        default_value_t = 10_000
-    )]
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
     history: usize,
 
     /// Bytes of encoded events kept for replay; the oldest go first
-    #[arg(long, env = "SSEHUB_HISTORY_BYTES", value_name = "BYTES", default_value_t = 64 << 20)]
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
     history_bytes: usize,
 
     /// Open streams at once; one more is answered 503 (clamped to what the machine can hold)
-    #[arg(long, env = "SSEHUB_MAX_SUBSCRIBERS", value_name = "N", default_value_t = 10_000,
+    #[arg(long, value_name = "N", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_subscribers: u64,
 
     /// Events queued for one subscriber; one further behind while its client is not reading is disconnected
-    #[arg(long, env = "SSEHUB_CLIENT_QUEUE", value_name = "N", default_value_t = 1024,
+    #[arg(long, value_name = "N", default_value_t = 1024,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     client_queue: u64,
 
     /// Largest publish body in bytes; larger is 413
-    #[arg(long, env = "SSEHUB_MAX_EVENT_BYTES", value_name = "BYTES", default_value_t = 65_536,
+    #[arg(long, value_name = "BYTES", default_value_t = 65_536,
           value_parser = clap::value_parser!(u64).range(1..=(64 << 20)))]
     max_event_bytes: u64,
 
     /// When set, publishing needs `Authorization: Bearer TOKEN`
-    #[arg(
-        long,
-        env = "SSEHUB_PUBLISH_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
+    #[arg(long, value_name = "TOKEN")]
     publish_token: Option<String>,
 
     /// When set, subscribing needs `Authorization: Bearer TOKEN` or `?token=TOKEN`
-    #[arg(
-        long,
-        env = "SSEHUB_SUBSCRIBE_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
+    #[arg(long, value_name = "TOKEN")]
     subscribe_token: Option<String>,
 
     /// Access-Control-Allow-Origin for /events (`*` allowed); enables preflight OPTIONS
-    #[arg(long, env = "SSEHUB_CORS_ORIGIN", value_name = "ORIGIN")]
+    #[arg(long, value_name = "ORIGIN")]
     cors_origin: Option<String>,
 
     /// Use Redis as the shared event log, so several hubs act as one (redis://[:PASSWORD@]HOST:PORT[/DB])
-    #[arg(long, env = "SSEHUB_REDIS", value_name = "URL")]
+    #[arg(long, value_name = "URL")]
     redis: Option<String>,
 
     /// Host names requests may be addressed to (the `Host` field), comma-separated, `*` for any; loopback names are always allowed [default: loopback names only when bound to loopback, else any]
-    #[arg(long, env = "SSEHUB_ALLOWED_HOSTS", value_name = "HOSTS")]
+    #[arg(long, value_name = "HOSTS")]
     allowed_hosts: Option<String>,
 
     /// Allow binding a non-loopback address without --publish-token
-    #[arg(long, env = "SSEHUB_ALLOW_ANONYMOUS_PUBLISH")]
+    #[arg(long)]
     allow_anonymous_publish: bool,
 }
 
@@ -130,6 +112,8 @@ pub enum ConfigError {
         value: String,
         why: &'static str,
     },
+    /// A `SSEHUB_*` variable whose value its option refuses.
+    Env { var: String, why: String },
     /// A non-loopback bind with nobody guarding publishing.
     AnonymousPublish(SocketAddr),
 }
@@ -141,6 +125,7 @@ impl fmt::Display for ConfigError {
             ConfigError::Invalid { option, value, why } => {
                 write!(f, "{option}: invalid value {value:?}: {why}")
             }
+            ConfigError::Env { var, why } => write!(f, "{var}: {why}"),
             ConfigError::AnonymousPublish(addr) => write!(
                 f,
                 "--bind: {addr} is not a loopback address and --publish-token is not set; \
@@ -191,15 +176,97 @@ fn host_list(list: &str) -> Result<Vec<String>, ConfigError> {
         })
 }
 
+/// The variable an option reads: `--publish-token` ⇔ `SSEHUB_PUBLISH_TOKEN`.
+fn variable(long: &str) -> String {
+    format!("SSEHUB_{}", long.replace('-', "_").to_ascii_uppercase())
+}
+
+/// clap's message for one refused value, without its `error: ` prefix and
+/// usage lines.
+fn first_line(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let line = text.lines().next().unwrap_or_default();
+    line.strip_prefix("error: ").unwrap_or(line).to_string()
+}
+
+/// Parses the command line, every option it does not give taken from its
+/// variable in `env` (before the given flags, so that clap sees each option
+/// once). clap's own `env` is not used: it reads the process environment,
+/// which a test cannot hand in.
+fn matches(
+    args: Vec<OsString>,
+    env: &HashMap<OsString, OsString>,
+) -> Result<ArgMatches, ConfigError> {
+    let cmd = Args::command();
+    let given = cmd
+        .clone()
+        .try_get_matches_from(&args)
+        .map_err(ConfigError::Args)?;
+    let program = args.first().cloned().unwrap_or_else(|| "ssehub".into());
+    let mut all = vec![program.clone()];
+    for arg in cmd.get_arguments() {
+        let (Some(long), id) = (arg.get_long(), arg.get_id().as_str()) else {
+            continue;
+        };
+        let switch = match arg.get_action() {
+            ArgAction::Set => false,
+            ArgAction::SetTrue => true,
+            _ => continue,
+        };
+        if given.value_source(id) == Some(ValueSource::CommandLine) {
+            continue;
+        }
+        let var = variable(long);
+        let Some(value) = env.get(OsStr::new(&var)).filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        let flag = if switch {
+            match value.to_str().map(str::to_ascii_lowercase).as_deref() {
+                Some("true" | "1" | "yes" | "on") => OsString::from(format!("--{long}")),
+                Some("false" | "0" | "no" | "off") => continue,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var,
+                        why: format!(
+                            "invalid value {:?}: expected true or false",
+                            value.to_string_lossy()
+                        ),
+                    })
+                }
+            }
+        } else {
+            let mut flag = OsString::from(format!("--{long}="));
+            flag.push(value);
+            flag
+        };
+        // Alone, so that a refused value is blamed on its variable.
+        if let Err(e) = cmd.clone().try_get_matches_from([&program, &flag]) {
+            return Err(ConfigError::Env {
+                var,
+                why: first_line(&e),
+            });
+        }
+        all.push(flag);
+    }
+    all.extend(args.into_iter().skip(1));
+    cmd.try_get_matches_from(all).map_err(ConfigError::Args)
+}
+
 impl Config {
-    /// Parses `args` (the first is the program name) and the `SSEHUB_*`
-    /// environment variables; the flag wins over the variable.
-    pub fn parse<I, T>(args: I) -> Result<Config, ConfigError>
+    /// Parses `args` (the first is the program name) and, from `env` (the
+    /// process environment, as name and value), the `SSEHUB_*` variables;
+    /// the flag wins over the variable.
+    pub fn parse<A, E, K, V>(args: A, env: E) -> Result<Config, ConfigError>
     where
-        I: IntoIterator<Item = T>,
-        T: Into<OsString> + Clone,
+        A: IntoIterator,
+        A::Item: Into<OsString>,
+        E: IntoIterator<Item = (K, V)>,
+        K: Into<OsString>,
+        V: Into<OsString>,
     {
-        let a = Args::try_parse_from(args).map_err(ConfigError::Args)?;
+        let args = args.into_iter().map(Into::into).collect();
+        let env = env.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let a = Args::from_arg_matches(&matches(args, &env)?).map_err(ConfigError::Args)?;
         check_token("--publish-token", &a.publish_token)?;
         check_token("--subscribe-token", &a.subscribe_token)?;
         if let Some(origin) = &a.cors_origin {
@@ -261,7 +328,12 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Config, ConfigError> {
-        Config::parse(std::iter::once("ssehub").chain(args.iter().copied()))
+        parse_env(args, &[])
+    }
+
+    fn parse_env(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let args = std::iter::once("ssehub").chain(args.iter().copied());
+        Config::parse(args, env.iter().copied())
     }
 
     fn refusal(args: &[&str]) -> String {
@@ -346,5 +418,52 @@ mod tests {
         assert!(parse(&["--bind", "0.0.0.0:8080", "--publish-token", "t"]).is_ok());
         assert!(parse(&["--bind", "0.0.0.0:8080", "--allow-anonymous-publish"]).is_ok());
         assert!(parse(&["--bind", "[::1]:8080"]).is_ok());
+    }
+
+    #[test]
+    fn variables_are_read_from_the_given_environment_and_flags_win() {
+        let env = [
+            ("SSEHUB_HISTORY", "5"),
+            ("SSEHUB_HEARTBEAT", "7"),
+            ("SSEHUB_PUBLISH_TOKEN", "from-env"),
+            ("SSEHUB_ALLOW_ANONYMOUS_PUBLISH", "true"),
+            ("SSEHUB_CORS_ORIGIN", ""),
+            ("OTHER_HISTORY", "9"),
+        ];
+        let c = parse_env(&["--heartbeat", "2"], &env).unwrap();
+        assert_eq!(c.history, 5);
+        assert_eq!(c.heartbeat, Duration::from_secs(2), "the flag wins");
+        assert_eq!(c.publish_token.as_deref(), Some("from-env"));
+        assert_eq!(c.cors_origin, None, "an empty variable is unset");
+        let c = parse_env(&["--history=3"], &env).unwrap();
+        assert_eq!(c.history, 3);
+        // The switch from the environment allows the public bind.
+        let public = [
+            ("SSEHUB_BIND", "0.0.0.0:1"),
+            ("SSEHUB_ALLOW_ANONYMOUS_PUBLISH", "1"),
+        ];
+        assert!(parse_env(&[], &public).is_ok());
+        let off = [
+            ("SSEHUB_BIND", "0.0.0.0:1"),
+            ("SSEHUB_ALLOW_ANONYMOUS_PUBLISH", "off"),
+        ];
+        let e = parse_env(&[], &off).unwrap_err().to_string();
+        assert!(e.contains("--allow-anonymous-publish"), "{e}");
+    }
+
+    #[test]
+    fn a_refused_variable_is_named() {
+        let e = parse_env(&[], &[("SSEHUB_CLIENT_QUEUE", "lots")]).unwrap_err();
+        let e = e.to_string();
+        assert!(e.starts_with("SSEHUB_CLIENT_QUEUE: "), "{e}");
+        assert!(e.contains("--client-queue") && e.contains("lots"), "{e}");
+        let e = parse_env(&[], &[("SSEHUB_ALLOW_ANONYMOUS_PUBLISH", "maybe")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("SSEHUB_ALLOW_ANONYMOUS_PUBLISH: "),
+            "{e}"
+        );
+        // A flag given on the command line is not read from the variable.
+        assert!(parse_env(&["--client-queue", "8"], &[("SSEHUB_CLIENT_QUEUE", "lots")]).is_ok());
     }
 }

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::event::{self, EventId, TopicFilter};
 use crate::hangup::Hangups;
 use crate::hub::{Hub, PublishError, SubscribeError};
+use crate::quiet::Quiet;
 use crate::request::{Conn, Framing, Head, RequestError};
 use crate::stream::{self, StreamParams};
 
@@ -38,6 +39,9 @@ pub struct App {
     pub hub: Arc<Hub>,
     pub config: Config,
     pub hangups: Hangups,
+    /// Refusals are logged at most a few a second: anyone can send
+    /// thousands, and stderr is written synchronously.
+    pub refusal_log: Quiet,
 }
 
 /// A plain (non-stream) response.
@@ -186,42 +190,79 @@ pub fn serve_connection(stream: TcpStream, app: &App) {
     }
 }
 
+/// What a request asks for, once its method and path are known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Subscribe,
+    Publish,
+    Preflight,
+    Page,
+    Health,
+    Metrics,
+}
+
+impl Endpoint {
+    /// Routes by method and path alone: an unknown path is 404 and a known
+    /// one with another method 405, whatever body the request declares
+    /// (SPEC "Other routes").
+    fn of(method: &Method, path: &str, cors: bool) -> Result<Endpoint, Refusal> {
+        Ok(match (method, path) {
+            (Method::Get, "/events") => Endpoint::Subscribe,
+            (Method::Post, "/events") => Endpoint::Publish,
+            (Method::Options, "/events") if cors => Endpoint::Preflight,
+            (Method::Get | Method::Head, "/") => Endpoint::Page,
+            (Method::Get | Method::Head, "/healthz") => Endpoint::Health,
+            (Method::Get | Method::Head, "/metrics") => Endpoint::Metrics,
+            (_, "/events" | "/" | "/healthz" | "/metrics") => {
+                return Err(Refusal::new(405, "method not allowed"))
+            }
+            _ => return Err(Refusal::new(404, "not found")),
+        })
+    }
+
+    /// The largest body the endpoint takes; a longer declared one is 413
+    /// before a byte of it is read.
+    fn body_limit(self, config: &Config) -> usize {
+        match self {
+            Endpoint::Publish => config.max_event_bytes,
+            _ => 0,
+        }
+    }
+}
+
 /// Answers one request; gives the connection back if it stays open.
 fn route(mut conn: Conn, head: Head, app: &App) -> Option<Conn> {
     let (path, query) = split_target(&head.target);
     let events = path == "/events";
-    // Framing and the declared size are checked on every request, before
-    // routing: no route reads a body it cannot trust or will not take.
-    let limit = match (&head.method, path) {
-        (Method::Post, "/events") => app.config.max_event_bytes,
-        _ => 0,
-    };
-    let framing = match head.framing() {
-        Ok(Framing::Length(n)) if n > limit as u64 => Err(RequestError::BodyTooLarge),
-        other => other,
-    };
+    let framing = head.framing();
     // A refused request's body is not read, so the connection cannot be
     // trusted to hold a next request after it.
     let body_unread = !matches!(framing, Ok(Framing::None | Framing::Length(0)));
+    // Framing first: RFC 9112 §6.3 makes a malformed length a 400 that
+    // closes the connection, whatever the route. Then the Host, the route,
+    // and the declared size against what that route takes.
     let checked = framing.map_err(Refusal::from).and_then(|framing| {
-        check_host(&head, app.config.allowed_hosts.as_deref()).map(|()| framing)
+        check_host(&head, app.config.allowed_hosts.as_deref())?;
+        let endpoint = Endpoint::of(&head.method, path, app.config.cors_origin.is_some())?;
+        match framing {
+            Framing::Length(n) if n > endpoint.body_limit(&app.config) as u64 => {
+                Err(RequestError::BodyTooLarge.into())
+            }
+            framing => Ok((endpoint, framing)),
+        }
     });
     let reply = match checked {
         Err(refusal) => Err(refusal),
-        Ok(framing) => match (&head.method, path) {
-            (Method::Get, "/events") => {
-                return subscribe(conn, &head, framing, query, app);
-            }
-            (Method::Post, "/events") => publish(&mut conn, &head, framing, query, app),
-            (Method::Options, "/events") if app.config.cors_origin.is_some() => {
-                bodyless(&mut conn, framing).map(|()| preflight())
-            }
-            (Method::Get | Method::Head, "/") => bodyless(&mut conn, framing).map(|()| {
+        Ok((endpoint, framing)) => match endpoint {
+            Endpoint::Subscribe => return subscribe(conn, &head, framing, query, app),
+            Endpoint::Publish => publish(&mut conn, &head, framing, query, app),
+            Endpoint::Preflight => bodyless(&mut conn, framing).map(|()| preflight()),
+            Endpoint::Page => bodyless(&mut conn, framing).map(|()| {
                 Reply::new(200, "text/html; charset=utf-8", PAGE)
                     .header("Content-Security-Policy", PAGE_CSP)
                     .header("X-Content-Type-Options", "nosniff")
             }),
-            (Method::Get | Method::Head, "/healthz") => bodyless(&mut conn, framing).map(|()| {
+            Endpoint::Health => bodyless(&mut conn, framing).map(|()| {
                 // A hub whose shared log is down still serves its open
                 // streams, but cannot publish: a load balancer should prefer
                 // another.
@@ -231,17 +272,13 @@ fn route(mut conn: Conn, head: Head, app: &App) -> Option<Conn> {
                     Reply::text(503, "event log down")
                 }
             }),
-            (Method::Get | Method::Head, "/metrics") => bodyless(&mut conn, framing).map(|()| {
+            Endpoint::Metrics => bodyless(&mut conn, framing).map(|()| {
                 Reply::new(
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",
                     app.hub.metrics.render(&app.hub.gauges()),
                 )
             }),
-            (_, "/events" | "/" | "/healthz" | "/metrics") => {
-                Err(Refusal::new(405, "method not allowed"))
-            }
-            _ => Err(Refusal::new(404, "not found")),
         },
     };
     let reply = match reply {
@@ -274,15 +311,17 @@ fn refuse(
     let (method, path) = head.map_or(("-".into(), "-".into()), |h| {
         (h.method.to_string(), shown(split_target(&h.target).0))
     });
-    let peer = conn
-        .stream
-        .peer_addr()
-        .map_or_else(|_| "-".into(), |a| a.to_string());
-    log::info!(
-        "refused {method} {path} from {peer}: {} {}",
-        refusal.status,
-        refusal.reason
-    );
+    if let Some(more) = app.refusal_log.due(Instant::now()) {
+        let peer = conn
+            .stream
+            .peer_addr()
+            .map_or_else(|_| "-".into(), |a| a.to_string());
+        log::info!(
+            "refused {method} {path} from {peer}: {} {}{more}",
+            refusal.status,
+            refusal.reason
+        );
+    }
     crate::metrics::Metrics::add(&app.hub.metrics.refused, 1);
     let publishing = head.is_some_and(|h| h.method == Method::Post);
     let mut reply = if publishing {
@@ -490,14 +529,18 @@ fn is_loopback_name(name: &str) -> bool {
 /// A browser sends `Origin` with every POST, and any page may POST to any
 /// address without a preflight (a "simple" request), so a hub on loopback
 /// without a token could be published to by every site its user visits.
-/// Publishing from a browser is therefore allowed from the hub's own origin
-/// and from `--cors-origin` only. Clients that are not browsers send no
-/// `Origin`.
-fn origin_may_publish(head: &Head, cors_origin: Option<&str>) -> bool {
+/// Publishing from a browser is therefore allowed from the hub's own origin,
+/// from the origin `--cors-origin` names (`*` names none: it opens reading
+/// to every page, not publishing), and with the publish token. Clients that
+/// are not browsers send no `Origin`.
+fn origin_may_publish(head: &Head, cors_origin: Option<&str>, token: Option<&str>) -> bool {
     let Ok(Some(origin)) = head.single("Origin") else {
         return head.single("Origin").is_ok();
     };
-    if cors_origin.is_some_and(|allowed| allowed == "*" || allowed == origin) {
+    if cors_origin == Some(origin) && origin != "*" {
+        return true;
+    }
+    if token.is_some_and(|token| bearer_matches(head, token)) {
         return true;
     }
     let authority = origin
@@ -529,7 +572,11 @@ fn publish(
     app: &App,
 ) -> Result<Reply, Refusal> {
     let cfg = &app.config;
-    if !origin_may_publish(head, cfg.cors_origin.as_deref()) {
+    if !origin_may_publish(
+        head,
+        cfg.cors_origin.as_deref(),
+        cfg.publish_token.as_deref(),
+    ) {
         return Err(Refusal::new(
             403,
             "cross-origin publish refused (see --cors-origin)",
@@ -614,7 +661,8 @@ fn subscribe(
                     }
                 }
                 "token" => token = Some(v),
-                "lastEventId" => query_id = Some(v),
+                // Empty is absent, as for the header.
+                "lastEventId" => query_id = Some(v).filter(|v| !v.is_empty()),
                 _ => {}
             }
         }
@@ -666,22 +714,31 @@ fn subscribe(
                     log::debug!("stream closed");
                     return None;
                 }
+                Err(SubscribeError::Closed) => {
+                    // Not a 503: EventSource never retries after one, and
+                    // this client should reconnect to the next hub.
+                    retry_later(conn, app, &params, "shutting down");
+                    return None;
+                }
                 Err(SubscribeError::Full) => Refusal {
                     retry_after: true,
                     close: true,
                     ..Refusal::new(503, "too many subscribers")
                 },
-                Err(SubscribeError::Closed) => {
-                    // Not a 503: EventSource never retries after one, and
-                    // this client should reconnect to the next hub.
-                    stream::retry_later(conn.into_stream(), &params);
-                    return None;
-                }
             }
         }
         Err(refusal) => refusal,
     };
     refuse(&mut conn, Some(head), None, app, refusal).then_some(conn)
+}
+
+/// Answers a subscription that cannot be served now with a stream that
+/// gives `retry:` and ends at once, which `EventSource` retries.
+fn retry_later(conn: Conn, app: &App, params: &StreamParams, why: &str) {
+    if let Some(more) = app.refusal_log.due(Instant::now()) {
+        log::info!("{why}: a stream ends at once, to be retried{more}");
+    }
+    stream::retry_later(conn.into_stream(), params);
 }
 
 #[cfg(test)]

@@ -6,10 +6,15 @@
 
 use std::fs;
 
-/// File descriptors kept out of the connection budget: stdio, the listener,
-/// the spare descriptor, the epoll set, the Redis pool and follower, the
-/// refusals queued and lingering (32 + 32), and some slack.
+/// File descriptors kept out of the connection budget: the listener and its
+/// duplicate, the spare descriptor, the epoll set, the Redis pool (16) and
+/// follower, files read at run time, the refusals queued and lingering
+/// (32 + 32), and some slack.
 pub const RESERVE_FDS: usize = 128;
+const _: () = assert!(
+    crate::listener::REFUSAL_QUEUE + crate::listener::LINGERING + 32 <= RESERVE_FDS,
+    "the refusal thread alone may hold REFUSAL_QUEUE + LINGERING descriptors"
+);
 /// Memory maps one stream thread adds: its stack and guard page, and the
 /// signal stack std gives every thread with its own guard page (measured
 /// with `/proc/PID/maps`, see README "Why threads, and what it costs").
@@ -202,6 +207,13 @@ pub fn return_large_frees() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readme_states_the_reserve() {
+        let readme = include_str!("../README.md");
+        let says = format!("minus {RESERVE_FDS} kept in reserve");
+        assert!(readme.contains(&says), "README.md should say {says:?}");
+    }
 
     fn futex_buckets() -> libc::c_int {
         const PR_FUTEX_HASH_GET_SLOTS: libc::c_ulong = 2;

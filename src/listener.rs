@@ -16,6 +16,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::http::{self, App};
+use crate::metrics::Metrics;
+use crate::quiet::Quiet;
 
 /// Stack of a connection thread. Measured: the deepest path (publish with
 /// JSON, logging) touches well under 64 KiB; untouched pages cost no RSS.
@@ -76,9 +78,10 @@ pub fn start(
     max_connections: usize,
 ) -> io::Result<thread::JoinHandle<()>> {
     let (refuse_tx, refuse_rx) = crossbeam_channel::bounded(REFUSAL_QUEUE);
+    let refusing = app.clone();
     thread::Builder::new()
         .name("refuse".into())
-        .spawn(move || refuse_loop(refuse_rx))?;
+        .spawn(move || refuse_loop(refuse_rx, &refusing.hub.metrics))?;
     // A descriptor held in reserve: when accept fails for lack of
     // descriptors, freeing it lets us accept and answer instead of spinning.
     let spare = File::open("/dev/null").ok();
@@ -95,60 +98,77 @@ fn accept_loop(
     mut spare: Option<File>,
 ) {
     let open: &AtomicU64 = &app.hub.metrics.connections;
-    let mut spawn_failures = Quiet::default();
+    let spawn_failures = Quiet::new("failures");
+    let fd_refusals = Quiet::new("refusals");
     loop {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                if open.load(Ordering::Relaxed) as usize >= max_connections {
-                    refuse(&refuse_tx, stream);
-                    continue;
-                }
-                open.fetch_add(1, Ordering::Relaxed);
-                let counted = Counted(app.clone());
-                // The thread takes the stream out; if it cannot be started,
-                // the stream is still here to be answered.
-                let handed = Arc::new(Mutex::new(Some(stream)));
-                let taken = handed.clone();
-                let spawned = thread::Builder::new()
-                    .name("conn".into())
-                    .stack_size(STACK_BYTES)
-                    .spawn(move || {
-                        let stream = taken.lock().ok().and_then(|mut s| s.take());
-                        drop(taken);
-                        if let Some(stream) = stream {
-                            http::serve_connection(stream, &counted.0);
-                        }
-                        drop(counted);
-                    });
-                if let Err(e) = spawned {
-                    // Out of threads (a cgroup's pids.max, RLIMIT_NPROC, or
-                    // the machine's thread ids, taken by someone else since
-                    // startup): answer as for too many connections.
-                    if let Some(more) = spawn_failures.due(Instant::now()) {
-                        log::warn!("could not start a connection thread: {e}{more}");
-                    }
-                    let stream = handed.lock().ok().and_then(|mut s| s.take());
-                    if let Some(stream) = stream {
-                        refuse(&refuse_tx, stream);
-                    }
-                }
-            }
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                // accept takes a descriptor before it waits: with the spare
+                // freed it waits for the next connection, which may come
+                // once descriptors are free again. Only if the spare still
+                // cannot be had back is that connection refused.
                 drop(spare.take());
-                if let Ok((mut stream, _)) = listener.accept() {
-                    let _ = stream.set_nonblocking(true);
-                    let _ = stream.write_all(REFUSAL);
-                }
-                log::warn!("out of file descriptors: refused a connection");
+                let accepted = listener.accept();
                 spare = File::open("/dev/null").ok();
-                if spare.is_none() {
-                    thread::sleep(Duration::from_millis(10));
+                match accepted {
+                    Ok((stream, _)) if spare.is_some() => stream,
+                    Ok((mut stream, _)) => {
+                        let _ = stream.set_nonblocking(true);
+                        if stream.write_all(REFUSAL).is_ok() {
+                            Metrics::add(&app.hub.metrics.refused, 1);
+                        }
+                        drop(stream);
+                        if let Some(more) = fd_refusals.due(Instant::now()) {
+                            log::warn!("out of file descriptors: refused a connection (503){more}");
+                        }
+                        spare = File::open("/dev/null").ok();
+                        if spare.is_none() {
+                            thread::sleep(Duration::from_millis(10));
+                        }
+                        continue;
+                    }
+                    Err(_) => continue,
                 }
             }
             Err(e) => {
                 // ECONNABORTED and friends concern one connection only.
                 log::debug!("accept: {e}");
+                continue;
+            }
+        };
+        if open.load(Ordering::Relaxed) as usize >= max_connections {
+            refuse(&refuse_tx, stream);
+            continue;
+        }
+        open.fetch_add(1, Ordering::Relaxed);
+        let counted = Counted(app.clone());
+        // The thread takes the stream out; if it cannot be started, the
+        // stream is still here to be answered.
+        let handed = Arc::new(Mutex::new(Some(stream)));
+        let taken = handed.clone();
+        let spawned = thread::Builder::new()
+            .name("conn".into())
+            .stack_size(STACK_BYTES)
+            .spawn(move || {
+                let stream = taken.lock().ok().and_then(|mut s| s.take());
+                drop(taken);
+                if let Some(stream) = stream {
+                    http::serve_connection(stream, &counted.0);
+                }
+                drop(counted);
+            });
+        if let Err(e) = spawned {
+            // Out of threads (a cgroup's pids.max, RLIMIT_NPROC, or the
+            // machine's thread ids, taken by someone else since startup):
+            // answer as for too many connections.
+            if let Some(more) = spawn_failures.due(Instant::now()) {
+                log::warn!("could not start a connection thread: {e}{more}");
+            }
+            let stream = handed.lock().ok().and_then(|mut s| s.take());
+            if let Some(stream) = stream {
+                refuse(&refuse_tx, stream);
             }
         }
     }
@@ -168,9 +188,9 @@ fn refuse(queue: &Sender<TcpStream>, stream: TcpStream) {
 /// reads what the client has sent so far, writes the refusal, shuts down
 /// writing, and keeps the socket a moment, draining it, so that the close is
 /// a FIN rather than a reset that could destroy the answer.
-fn refuse_loop(queue: Receiver<TcpStream>) {
+fn refuse_loop(queue: Receiver<TcpStream>, metrics: &Metrics) {
     let mut lingering: VecDeque<(TcpStream, Instant)> = VecDeque::new();
-    let mut refusals = Quiet::default();
+    let refusals = Quiet::new("refusals");
     loop {
         let next = match lingering.front() {
             Some((_, until)) => queue.recv_deadline(*until),
@@ -179,6 +199,7 @@ fn refuse_loop(queue: Receiver<TcpStream>) {
         match next {
             Ok(stream) => {
                 if answer_refusal(&stream) {
+                    Metrics::add(&metrics.refused, 1);
                     if lingering.len() == LINGERING {
                         lingering.pop_front();
                     }
@@ -193,34 +214,6 @@ fn refuse_loop(queue: Receiver<TcpStream>) {
         }
         let now = Instant::now();
         lingering.retain(|(stream, until)| now < *until && !drained_to_eof(stream));
-    }
-}
-
-/// At most one log line a second for something that can happen thousands
-/// of times a second under a flood; the line says how many went unlogged.
-#[derive(Default)]
-struct Quiet {
-    last: Option<Instant>,
-    unlogged: u64,
-}
-
-impl Quiet {
-    /// Some(suffix for the line) when a line is due, else None.
-    fn due(&mut self, now: Instant) -> Option<String> {
-        if self
-            .last
-            .is_some_and(|last| now - last < Duration::from_secs(1))
-        {
-            self.unlogged += 1;
-            return None;
-        }
-        self.last = Some(now);
-        let more = std::mem::take(&mut self.unlogged);
-        Some(if more > 0 {
-            format!(" (and {more} more since the last such line)")
-        } else {
-            String::new()
-        })
     }
 }
 
@@ -246,25 +239,4 @@ fn drained_to_eof(mut stream: &TcpStream) -> bool {
         }
     }
     false
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_flood_logs_once_a_second_and_counts_the_rest() {
-        let mut q = Quiet::default();
-        let t0 = Instant::now();
-        assert_eq!(q.due(t0).as_deref(), Some(""));
-        for ms in 1..=500 {
-            assert_eq!(q.due(t0 + Duration::from_millis(ms)), None);
-        }
-        let line = q.due(t0 + Duration::from_millis(1000));
-        assert_eq!(
-            line.as_deref(),
-            Some(" (and 500 more since the last such line)")
-        );
-        assert_eq!(q.due(t0 + Duration::from_millis(2500)).as_deref(), Some(""));
-    }
 }

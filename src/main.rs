@@ -12,6 +12,7 @@ mod hub;
 mod limits;
 mod listener;
 mod metrics;
+mod quiet;
 mod redis;
 mod request;
 mod sse;
@@ -32,7 +33,7 @@ use hub::{Hub, HubLimits};
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
 fn main() {
-    let config = match Config::parse(std::env::args_os()) {
+    let config = match Config::parse(std::env::args_os(), std::env::vars_os()) {
         Ok(config) => config,
         Err(ConfigError::Args(e)) => e.exit(),
         Err(e) => {
@@ -115,6 +116,7 @@ fn main() {
         hub,
         config,
         hangups,
+        refusal_log: quiet::Quiet::new("refusals"),
     });
     {
         let app = app.clone();

@@ -3,12 +3,20 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+/// Each counter means one thing, the same as its HELP line and the
+/// README's metrics table.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Events accepted from publishers (answered 200).
     pub published: AtomicU64,
+    /// Events written to subscriber sockets, counted after the write.
     pub delivered: AtomicU64,
+    /// Subscribers the hub ended for falling behind.
     pub evicted: AtomicU64,
+    /// 4xx and 5xx answers written: by a connection's thread, by the
+    /// refusal thread, and on running out of descriptors.
     pub refused: AtomicU64,
+    /// Open connections, streams included.
     pub connections: AtomicU64,
 }
 
@@ -56,13 +64,13 @@ impl Metrics {
         put(
             "ssehub_events_delivered_total",
             "counter",
-            "Events written to subscriber sockets, replay included.",
+            "Events written to subscriber sockets (replay and catch-up included), counted after the write.",
             self.delivered.load(Relaxed),
         );
         put(
             "ssehub_subscribers_evicted_total",
             "counter",
-            "Subscribers disconnected for falling more than --client-queue events behind.",
+            "Subscribers ended by the hub because they fell behind the oldest retained event or their client took no data for two heartbeats.",
             self.evicted.load(Relaxed),
         );
         put(
@@ -88,7 +96,7 @@ impl Metrics {
         put(
             "ssehub_requests_refused_total",
             "counter",
-            "Requests answered with a 4xx or 5xx status.",
+            "Requests and connections refused with a 4xx or 5xx answer, 503s for too many connections or no free descriptor included.",
             self.refused.load(Relaxed),
         );
         out

@@ -147,10 +147,43 @@ fn browsers_may_publish_only_from_allowed_origins() {
     assert_eq!(ok.status, 200);
     let r = hub.post("/events", b"x", "Origin: https://evil.example\r\n");
     assert_eq!(r.status, 403);
+}
 
+/// `*` lets every page read; publishing from another origin needs that
+/// origin named, or the publish token.
+#[test]
+fn cors_origin_star_opens_reading_not_publishing() {
     let hub = Hub::start(&["--cors-origin", "*"]);
-    let r = hub.post("/events", b"x", "Origin: https://anyone.example\r\n");
-    assert_eq!(r.status, 200);
+    let anyone = "Origin: https://anyone.example\r\n";
+    let s = hub.subscribe("/events", anyone);
+    assert_eq!(s.head.header("access-control-allow-origin"), Some("*"));
+    let r = hub.post("/events", b"x", anyone);
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.error(),
+        "cross-origin publish refused (see --cors-origin)"
+    );
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(hub.post("/events", b"x", "").status, 200, "no Origin");
+    assert_eq!(hub.metric("ssehub_events_published_total"), 1);
+
+    let hub = Hub::start(&["--cors-origin", "*", "--publish-token", "p"]);
+    let with_token = format!("{anyone}Authorization: Bearer p\r\n");
+    assert_eq!(hub.post("/events", b"x", &with_token).status, 200);
+    let wrong = format!("{anyone}Authorization: Bearer q\r\n");
+    assert_eq!(hub.post("/events", b"x", &wrong).status, 403);
+    assert_eq!(hub.post("/events", b"x", anyone).status, 403);
+    assert_eq!(hub.metric("ssehub_events_published_total"), 1);
+    // A named origin with its token; another origin with the token.
+    let hub = Hub::start(&[
+        "--cors-origin",
+        "https://app.example",
+        "--publish-token",
+        "p",
+    ]);
+    let named = "Origin: https://app.example\r\nAuthorization: Bearer p\r\n";
+    assert_eq!(hub.post("/events", b"x", named).status, 200);
+    assert_eq!(hub.post("/events", b"x", &with_token).status, 200);
 }
 
 /// DNS rebinding: a page whose name is pointed at 127.0.0.1 is same-origin

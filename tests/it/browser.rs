@@ -331,6 +331,80 @@ fn page_rides_out_a_hub_restart_with_a_gap_marker() {
     );
 }
 
+/// SPEC "Shutdown": clients reconnect elsewhere. The browser keeps its
+/// connection to the hub alive, so its subscribe reaches the hub after the
+/// hub has stopped accepting and closed its registry; the answer must be one
+/// that `EventSource` retries (a 503 makes it give up for good), and the
+/// retry reaches the next hub on the address.
+#[test]
+fn event_source_retries_a_hub_that_is_shutting_down() {
+    let args = ["--retry-ms", "200", "--max-event-bytes", "1000000"];
+    let mut hub = Hub::start(&args);
+    let addr = hub.addr;
+    let Some(mut page) = Page::launch() else {
+        return;
+    };
+    page.goto(&format!("http://{addr}/healthz"));
+    let stuck = crate::shutdown::stuck_subscriber(&hub);
+    hub.signal(libc::SIGTERM);
+    // On the page's kept-alive connection: publish until the hub says it is
+    // shutting down, then subscribe at once, on that same connection.
+    let status = page.js(
+        "(async () => { \
+           const until = Date.now() + 2000; let status; \
+           do { status = (await fetch('/events?topic=probe', { method: 'POST', body: '' })).status; } \
+           while (status !== 503 && Date.now() < until); \
+           window.seen = []; \
+           const es = new EventSource('/events?topic=t'); \
+           es.onopen = () => seen.push('open'); \
+           es.onerror = () => seen.push('error ' + es.readyState); \
+           es.onmessage = (e) => seen.push('message ' + e.data); \
+           return status; })()",
+    );
+    assert_eq!(status, 503, "publishing was never refused as shutting down");
+    let wait = |page: &mut Page, condition: &str, what: &str| {
+        if !page.wait_for(condition, WAIT) {
+            panic!("timed out waiting until {what}: {}", page.js("seen"));
+        }
+    };
+    wait(&mut page, "seen.length >= 2", "the stream opens and ends");
+    // readyState 0: CONNECTING, the browser will retry; 2 would be CLOSED.
+    assert_eq!(
+        page.js("seen.slice(0, 2)"),
+        serde_json::json!(["open", "error 0"])
+    );
+    assert_eq!(
+        hub.wait_exit(Duration::from_secs(3)).map(|s| s.code()),
+        Some(Some(0))
+    );
+    drop(stuck);
+    let opened = "seen.filter(s => s === 'open').length";
+    let before = page.js(opened);
+    let next = Hub::start_with(
+        &args,
+        Start {
+            bind: Some(addr),
+            ..Start::default()
+        },
+    );
+    wait(
+        &mut page,
+        &format!("{opened} > {before} && seen[seen.length - 1] === 'open'"),
+        "the browser reconnects to the next hub",
+    );
+    next.publish("t", "from the next hub");
+    wait(
+        &mut page,
+        "seen.includes('message from the next hub')",
+        "the next hub's event arrives",
+    );
+    assert!(
+        !page.js("seen").to_string().contains("error 2"),
+        "the browser gave up: {}",
+        page.js("seen")
+    );
+}
+
 /// A page on an origin of its own: a one-page HTTP server on another port,
 /// for as long as the value lives.
 struct Site {

@@ -44,18 +44,20 @@ fn unharmed(hub: &Hub, published_before: u64) {
 #[test]
 fn hostile_content_lengths_on_every_route() {
     let hub = Hub::start(&[]);
-    for route in [
-        "POST /events",
-        "GET /events",
-        "GET /nope",
-        "GET /healthz",
-        "PUT /",
+    // The route comes first (404, 405), then the declared size against what
+    // the route takes; a malformed length is 400 on every route.
+    for (route, too_large) in [
+        ("POST /events", 413),
+        ("GET /events", 413),
+        ("GET /nope", 404),
+        ("GET /healthz", 413),
+        ("PUT /", 405),
     ] {
         for (cl, status) in [
-            ("100000000000000", 413),
-            ("4611686018427387904", 413),
-            ("18446744073709551616", 413),
-            ("99999999999999999999999999999999", 413),
+            ("100000000000000", too_large),
+            ("4611686018427387904", too_large),
+            ("18446744073709551616", too_large),
+            ("99999999999999999999999999999999", too_large),
             ("-1", 400),
             ("0x10", 400),
             ("1e3", 400),
@@ -457,4 +459,81 @@ fn twenty_thousand_connect_close_cycles_leak_nothing() {
         "RSS grew {before:?} -> {after:?}"
     );
     unharmed(&hub, 0);
+}
+
+/// Refusal lines on stderr, and how many more they say went unlogged.
+fn refusal_lines(log: &str) -> (u64, u64) {
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(" refused ")).collect();
+    let unlogged = lines
+        .iter()
+        .filter_map(|l| {
+            let (_, tail) = l.rsplit_once(" (")?;
+            tail.strip_suffix(" similar refusals not logged)")?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    (lines.len() as u64, unlogged)
+}
+
+/// stderr is written synchronously: a flood of bad requests must not be a
+/// flood of log lines (a full disk, or every thread waiting on a full
+/// pipe). A few lines, then one a second, each saying how many it stands
+/// for; the counter has every refusal.
+#[test]
+fn a_flood_of_bad_requests_logs_a_few_lines_that_add_up() {
+    let hub = Arc::new(Hub::start(&[]));
+    const CONNECTIONS: usize = 4;
+    const EACH: usize = 500;
+    let bad = [
+        ("GET /nope HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
+        ("DELETE /events HTTP/1.1\r\nHost: localhost\r\n\r\n", 405),
+        (
+            "GET /events?topic=%00 HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            400,
+        ),
+        ("GET /healthz HTTP/1.1\r\nHost: evil.example\r\n\r\n", 403),
+    ];
+    let started = Instant::now();
+    let flooders: Vec<_> = (0..CONNECTIONS)
+        .map(|c| {
+            let hub = hub.clone();
+            thread::spawn(move || {
+                let mut s = hub.connect();
+                let requests: String = (0..EACH).map(|i| bad[(i + c) % bad.len()].0).collect();
+                s.write_all(requests.as_bytes()).unwrap();
+                for i in 0..EACH {
+                    let r = read_response(&mut s).expect("an answer");
+                    assert_eq!(r.status, bad[(i + c) % bad.len()].1);
+                }
+            })
+        })
+        .collect();
+    // Responsive while it lasts.
+    hub.canary();
+    for f in flooders {
+        f.join().unwrap();
+    }
+    let took = started.elapsed();
+    let total = (CONNECTIONS * EACH) as u64;
+    assert_eq!(hub.metric("ssehub_requests_refused_total"), total);
+    let (lines, _) = refusal_lines(&hub.log());
+    eprintln!("{total} refusals in {took:?}: {lines} log lines");
+    assert!(lines < 10, "{lines} lines in {took:?}:\n{}", hub.log());
+    // Once a line is due again it tells how many went unlogged: lines and
+    // the counts they give add up to the counter.
+    let adds_up = poll(Duration::from_secs(5), || {
+        assert_eq!(hub.get("/nope").status, 404);
+        poll(Duration::from_millis(100), || {
+            let (lines, unlogged) = refusal_lines(&hub.log());
+            lines + unlogged == hub.metric("ssehub_requests_refused_total")
+        })
+    });
+    assert!(
+        adds_up,
+        "{:?} for {total}+:\n{}",
+        refusal_lines(&hub.log()),
+        hub.log()
+    );
+    unharmed(&hub, 1);
 }

@@ -7,6 +7,7 @@ mod browser;
 mod cgroup;
 mod hostile;
 mod limits;
+mod metrics;
 mod netns;
 mod pace;
 mod proxy;

@@ -224,3 +224,40 @@ fn the_readme_nginx_config_passes_streams_through() {
     let r = proxy.request("GET /healthz HTTP/1.1\r\nHost: evil.example", "");
     assert_eq!(r.status, 403);
 }
+
+/// A `Date` field that is an HTTP-date close to now.
+fn recent_date(head: &Response) -> bool {
+    head.header("date")
+        .and_then(|d| httpdate::parse_http_date(d).ok())
+        .and_then(|t| t.elapsed().ok().or(Some(Duration::ZERO)))
+        .is_some_and(|age| age < Duration::from_secs(5))
+}
+
+/// SPEC "Other routes": every response carries `Date`, a stream's head
+/// included, and a stream's head says `Connection: close` (the connection
+/// ends with the stream): seen by a client of the hub itself, and through
+/// nginx, which keeps its connections to the hub alive otherwise.
+#[test]
+fn stream_heads_carry_date_and_connection_close() {
+    let hub = Hub::start(&["--allowed-hosts", PUBLIC_NAME]);
+    let mut direct = hub.subscribe("/events?topic=t", "");
+    assert!(recent_date(&direct.head), "{:?}", direct.head);
+    assert_eq!(
+        direct.head.header("connection"),
+        Some("close"),
+        "{:?}",
+        direct.head
+    );
+    assert!(direct.next_event().retry.is_some());
+    let Some(proxy) = Nginx::start(&hub) else {
+        return;
+    };
+    let mut through = proxy.subscribe("/events?topic=t", "");
+    assert_eq!(through.head.status, 200, "{}", proxy.error_log());
+    assert!(recent_date(&through.head), "{:?}", through.head);
+    assert!(through.next_event().retry.is_some());
+    let id = hub.publish("t", "both");
+    for sub in [&mut direct, &mut through] {
+        assert_eq!(sub.next_event().id.as_deref(), Some(id.as_str()));
+    }
+}

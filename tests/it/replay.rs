@@ -161,6 +161,34 @@ fn malformed_ids_are_400_plain_text() {
     hub.canary();
 }
 
+/// An empty `lastEventId=` is no id, as an empty `Last-Event-ID` is: the
+/// stream starts live, with no replay and no gap.
+#[test]
+fn an_empty_last_event_id_in_the_query_is_absent() {
+    let hub = Hub::start(&[]);
+    hub.publish("t", "before");
+    for (target, header) in [
+        ("/events?topic=t&lastEventId=", ""),
+        ("/events?lastEventId&topic=t", ""),
+        ("/events?topic=t", "Last-Event-ID: \r\n"),
+    ] {
+        let mut sub = hub.try_subscribe(target, header);
+        assert_eq!(sub.head.status, 200, "{target} {header:?}: {:?}", sub.head);
+        assert!(sub.next_event().retry.is_some());
+        let live = hub.publish("t", "live");
+        assert_eq!(sub.next_block(), format!("id: {live}\ndata: live\n\n"));
+    }
+    // The header still wins over an empty query id.
+    let a = hub.publish("t", "a");
+    let b = hub.publish("t", "b");
+    let mut sub = hub.subscribe(
+        "/events?topic=t&lastEventId=",
+        &format!("Last-Event-ID: {a}\r\n"),
+    );
+    sub.next_block();
+    assert_eq!(sub.next_block(), format!("id: {b}\ndata: b\n\n"));
+}
+
 /// SPEC: nothing lost or repeated at the seam while publishers are busy.
 /// 20 subscribers reconnect in a loop with their last id while 2
 /// publishers send 2,000 events; each must see every id exactly once, in

@@ -1,6 +1,9 @@
 //! `/`, `/healthz`, `/metrics`, 404 and 405.
 
-use crate::harness::Hub;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use crate::harness::{read_response, Hub, Response};
 
 #[test]
 fn healthz_is_ok() {
@@ -37,18 +40,78 @@ fn other_methods_are_405_with_allow() {
     assert_eq!((r.status, r.header("allow")), (405, Some("GET, POST")));
     let r = hub.raw(b"PUT /events HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n");
     assert_eq!((r.status, r.header("allow")), (405, Some("GET, POST")));
-    // A body no route takes is refused by its size first.
-    let r = hub.raw(b"PUT /events HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\n\r\nx");
-    assert_eq!(r.status, 413);
     let r = hub.raw(b"OPTIONS /events HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert_eq!((r.status, r.header("allow")), (405, Some("GET, POST")));
     let r = hub.raw(b"POST /metrics HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n");
     assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")));
 }
 
+/// Reads one response, then expects the hub to have closed the connection.
+fn answered_then_closed(s: &mut TcpStream) -> Response {
+    let r = read_response(s).expect("a response");
+    let mut rest = Vec::new();
+    match s.read_to_end(&mut rest) {
+        Ok(_) => assert!(rest.is_empty(), "more after {r:?}: {rest:?}"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+    r
+}
+
+#[test]
+fn a_typo_is_404_or_405_whatever_body_it_declares() {
+    let hub = Hub::start(&["--max-event-bytes", "4"]);
+    let send = |raw: &str| {
+        let mut s = hub.connect();
+        s.write_all(raw.as_bytes()).unwrap();
+        answered_then_closed(&mut s)
+    };
+    // `curl -X POST --data hello localhost:8080/publish`
+    let r = send("POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello");
+    assert_eq!((r.status, r.header("connection")), (404, Some("close")));
+    assert_eq!(r.error(), "not found");
+    // `curl -X PUT --data x localhost:8080/events`
+    let r = send("PUT /events HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\n\r\nx");
+    assert_eq!(
+        (r.status, r.header("allow"), r.header("connection")),
+        (405, Some("GET, POST"), Some("close"))
+    );
+    // A body larger than any route takes, and one whose size is unknown.
+    for framing in [
+        "Content-Length: 99999999999999999999",
+        "Transfer-Encoding: chunked",
+    ] {
+        let r = send(&format!(
+            "POST /nope HTTP/1.1\r\nHost: localhost\r\n{framing}\r\n\r\nabc"
+        ));
+        assert_eq!(
+            (r.status, r.header("connection")),
+            (404, Some("close")),
+            "{framing}"
+        );
+        let r = send(&format!(
+            "DELETE /metrics HTTP/1.1\r\nHost: localhost\r\n{framing}\r\n\r\nabc"
+        ));
+        assert_eq!(
+            (r.status, r.header("allow")),
+            (405, Some("GET, HEAD")),
+            "{framing}"
+        );
+    }
+    // The size check still comes before the body on the route that takes one.
+    let r = send("POST /events HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\n");
+    assert_eq!(r.status, 413);
+    // Without a body, a refusal keeps the connection.
+    let mut s = hub.connect();
+    s.write_all(b"GET /publish HTTP/1.1\r\nHost: localhost\r\n\r\nGET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let r = read_response(&mut s).unwrap();
+    assert_eq!((r.status, r.header("connection")), (404, None));
+    assert_eq!(read_response(&mut s).unwrap().status, 200);
+    assert_eq!(hub.metric("ssehub_events_published_total"), 0);
+}
+
 #[test]
 fn keep_alive_serves_several_requests_on_one_connection() {
-    use std::io::Write;
     let hub = Hub::start(&[]);
     let mut s = hub.connect();
     // Pipelined: two publishes and a health check in one write.
@@ -112,13 +175,12 @@ fn closing_answers_say_connection_close() {
     assert_eq!(r.header("connection"), Some("close"));
     // The hub closes after a refusal whose body it did not read.
     let r = hub.raw(b"POST /nope HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello");
-    assert_eq!((r.status, r.header("connection")), (413, Some("close")));
+    assert_eq!((r.status, r.header("connection")), (404, Some("close")));
     // HTTP/1.0 connections are closed after one answer.
     let r = hub.raw(b"GET /healthz HTTP/1.0\r\n\r\n");
     assert_eq!(r.header("connection"), Some("close"));
     // A kept-alive answer says nothing.
     let mut s = hub.connect();
-    use std::io::Write;
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     let r = crate::harness::read_response(&mut s).unwrap();
@@ -132,7 +194,6 @@ fn closing_answers_say_connection_close() {
 
 #[test]
 fn head_requests_get_no_body() {
-    use std::io::{Read, Write};
     let hub = Hub::start(&[]);
     let mut s = hub.connect();
     s.write_all(b"HEAD /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")

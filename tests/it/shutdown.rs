@@ -2,7 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Hub, Start};
+use std::io::Write;
+
+use crate::harness::{read_response, Hub, Start, Sub};
 
 #[test]
 fn sigterm_with_a_thousand_streams_exits_0_within_2_seconds() {
@@ -29,7 +31,7 @@ fn sigterm_with_a_thousand_streams_exits_0_within_2_seconds() {
 
 /// Fills a subscriber that never reads, so its thread blocks in a write
 /// and the hub needs its whole grace period to exit.
-fn stuck_subscriber(hub: &Hub) -> crate::harness::Sub {
+pub fn stuck_subscriber(hub: &Hub) -> crate::harness::Sub {
     let stuck = hub.subscribe("/events", "");
     socket2::SockRef::from(&stuck.stream)
         .set_recv_buffer_size(4096)
@@ -82,5 +84,53 @@ fn a_second_signal_exits_at_once() {
         .expect("exited at once");
     assert!(started.elapsed() < Duration::from_millis(500));
     assert_eq!(status.code(), Some(130), "{}", hub.log());
+    drop(stuck);
+}
+
+/// Publishes an empty event on `conn`, kept alive, until the hub answers
+/// that it is shutting down (its registry closed); false if it never does.
+pub fn until_closed(conn: &mut std::net::TcpStream) -> bool {
+    crate::harness::poll(Duration::from_secs(2), || {
+        conn.write_all(
+            b"POST /events?topic=probe HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap();
+        let r = read_response(conn).unwrap();
+        assert!(matches!(r.status, 200 | 503), "{r:?}");
+        r.status == 503
+    })
+}
+
+/// SPEC "Shutdown": clients reconnect elsewhere. A subscription that
+/// reaches the hub while it shuts down, on a connection it accepted before
+/// (a proxy's kept-alive upstream connection), gets a stream that gives
+/// `retry:` and ends at once, as when replay is unavailable: EventSource
+/// retries that, and gives up for good after a 503.
+#[test]
+fn a_subscribe_during_shutdown_is_told_to_retry() {
+    let mut hub = Hub::start(&["--max-event-bytes", "1000000"]);
+    let stuck = stuck_subscriber(&hub);
+    let mut conn = hub.connect();
+    hub.signal(libc::SIGTERM);
+    assert!(until_closed(&mut conn), "publishing never refused");
+    assert!(
+        hub.running(),
+        "exited before the subscribe: nothing was tested"
+    );
+    conn.write_all(b"GET /events?topic=t HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut sub = Sub::open(conn);
+    assert_eq!(sub.head.status, 200, "{:?}", sub.head);
+    assert_eq!(sub.head.header("content-type"), Some("text/event-stream"));
+    let first = sub.next_block();
+    assert!(
+        first.starts_with("retry: ") && first.ends_with("\n\n"),
+        "{first:?}"
+    );
+    assert!(sub.ends_cleanly(Duration::from_secs(1)), "{}", sub.tail());
+    assert_eq!(
+        hub.wait_exit(Duration::from_secs(2)).unwrap().code(),
+        Some(0)
+    );
     drop(stuck);
 }
