@@ -295,7 +295,8 @@ impl Hub {
     /// Queues `frame` for every matching subscriber; returns how many it
     /// reached (queued, or marked behind to read it from the log) and how
     /// many were evicted. Never waits: a full queue marks its subscriber
-    /// behind. One that is also stuck in a write to its client while its
+    /// behind, and a subscriber marked behind gets nothing queued until its
+    /// stream has read the log. One that is also stuck in a write to its client while its
     /// position fell below the oldest retained event can never catch up:
     /// its socket is shut down so its thread returns at once.
     fn fan_out(&self, inner: &mut Inner, frame: &SharedFrame) -> (usize, u64) {
@@ -308,7 +309,10 @@ impl Hub {
             if !s.topics.matches(&frame.topic) {
                 return true;
             }
-            if s.tx.len() >= queue {
+            // Once one frame was not queued, none after it is until the
+            // stream has taken the mark: its queue stays a run of
+            // consecutive frames, and the log holds the rest in order.
+            if s.shared.behind.load(Ordering::Acquire) || s.tx.len() >= queue {
                 s.shared.behind.store(true, Ordering::Release);
                 if s.shared.blocked.load(Ordering::Acquire) {
                     let oldest = *oldest.get_or_insert_with(|| self.log.oldest());
@@ -528,6 +532,28 @@ mod tests {
         let page = slow.read(Some(second.id), PAGE_BYTES).unwrap();
         assert_eq!((page.gap, page.frames.len(), page.end), (None, 48, true));
         assert_eq!(hub.metrics.evicted.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn nothing_is_queued_after_a_frame_that_was_not() {
+        let hub = hub(10, 2);
+        let sub = hub.subscribe(all(), None, -1).unwrap();
+        let ids: Vec<EventId> = (0..3)
+            .map(|_| hub.publish("t", None, "x").unwrap().id)
+            .collect();
+        // The third found the queue full; the stream takes one, making
+        // room: the fourth must not be queued ahead of the third.
+        assert_eq!(sub.rx.try_recv().unwrap().id, ids[0]);
+        let fourth = hub.publish("t", None, "x").unwrap().id;
+        let queued: Vec<EventId> = sub.rx.try_iter().map(|f| f.id).collect();
+        assert_eq!(queued, [ids[1]]);
+        assert!(sub.take_behind());
+        let page = sub.read(Some(ids[1]), PAGE_BYTES).unwrap();
+        let read: Vec<EventId> = page.frames.iter().map(|f| f.id).collect();
+        assert_eq!(read, [ids[2], fourth]);
+        // Marked behind no more: queued again.
+        let fifth = hub.publish("t", None, "x").unwrap().id;
+        assert_eq!(sub.rx.try_recv().unwrap().id, fifth);
     }
 
     #[test]
