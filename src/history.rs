@@ -344,7 +344,7 @@ mod tests {
     #[test]
     fn replays_after_a_retained_id() {
         let h = filled(100, 1 << 20, 5);
-        let r = h.replay(id(2), &TopicFilter::All);
+        let r = h.replay(id(2), &TopicFilter::all());
         assert_eq!(r.gap, None);
         assert_eq!(ids(&r), [3, 4, 5]);
     }
@@ -352,14 +352,14 @@ mod tests {
     #[test]
     fn replay_filters_topics() {
         let h = filled(100, 1 << 20, 6);
-        let r = h.replay(id(1), &TopicFilter::Only(vec!["even".into()]));
+        let r = h.replay(id(1), &TopicFilter::topics(["even"]));
         assert_eq!(ids(&r), [2, 4, 6]);
     }
 
     #[test]
     fn newest_id_replays_nothing() {
         let h = filled(100, 1 << 20, 3);
-        let r = h.replay(id(3), &TopicFilter::All);
+        let r = h.replay(id(3), &TopicFilter::all());
         assert_eq!((r.gap, ids(&r)), (None, vec![]));
     }
 
@@ -367,7 +367,7 @@ mod tests {
     fn bounded_by_count() {
         let h = filled(3, 1 << 20, 10);
         assert_eq!(h.len(), 3);
-        let r = h.replay(id(2), &TopicFilter::All);
+        let r = h.replay(id(2), &TopicFilter::all());
         assert_eq!(r.gap, Some(Some(id(8))));
         assert_eq!(ids(&r), [8, 9, 10]);
     }
@@ -377,14 +377,14 @@ mod tests {
         let h = filled(100, 35, 10);
         assert_eq!(h.len(), 3);
         assert_eq!(h.bytes, 30);
-        let r = h.replay(id(1), &TopicFilter::All);
+        let r = h.replay(id(1), &TopicFilter::all());
         assert_eq!(r.gap, Some(Some(id(8))));
     }
 
     #[test]
     fn the_last_evicted_id_is_no_gap() {
         let h = filled(3, 1 << 20, 10);
-        let r = h.replay(id(7), &TopicFilter::All);
+        let r = h.replay(id(7), &TopicFilter::all());
         assert_eq!(r.gap, None);
         assert_eq!(ids(&r), [8, 9, 10]);
     }
@@ -393,17 +393,17 @@ mod tests {
     fn unknown_ids_are_gaps() {
         let h = filled(100, 1 << 20, 5);
         // from the future, or from another hub
-        let r = h.replay(id(99), &TopicFilter::All);
+        let r = h.replay(id(99), &TopicFilter::all());
         assert_eq!((r.gap, ids(&r)), (Some(Some(id(1))), vec![]));
         // between retained ids but never issued here
-        let r = h.replay(EventId { ms: 2, seq: 5 }, &TopicFilter::All);
+        let r = h.replay(EventId { ms: 2, seq: 5 }, &TopicFilter::all());
         assert_eq!((r.gap, ids(&r)), (Some(Some(id(1))), vec![3, 4, 5]));
     }
 
     #[test]
     fn empty_history_is_a_gap_with_nothing_available() {
         let h = History::new(100, 1 << 20);
-        let r = h.replay(id(1), &TopicFilter::All);
+        let r = h.replay(id(1), &TopicFilter::all());
         assert_eq!(r.gap, Some(None));
     }
 
@@ -411,8 +411,8 @@ mod tests {
     fn zero_disables_replay() {
         let h = filled(0, 1 << 20, 5);
         assert_eq!(h.len(), 0);
-        assert_eq!(h.replay(id(2), &TopicFilter::All).gap, Some(None));
-        assert_eq!(h.replay(id(5), &TopicFilter::All).gap, None);
+        assert_eq!(h.replay(id(2), &TopicFilter::all()).gap, Some(None));
+        assert_eq!(h.replay(id(5), &TopicFilter::all()).gap, None);
         let h = filled(100, 0, 5);
         assert_eq!(h.len(), 0);
     }
@@ -469,7 +469,7 @@ mod tests {
                     ms * 2 + 1,
                     0,
                 ] {
-                    let topics = TopicFilter::Only(vec!["even".into()]);
+                    let topics = TopicFilter::topics(["even"]);
                     let r = snapshot.replay(id(last), &topics);
                     let want: Vec<u64> = model
                         .iter()
@@ -504,7 +504,7 @@ mod tests {
         }
         assert_eq!(h.len(), 128);
         assert_eq!(
-            ids(&h.replay(id(1996), &TopicFilter::All)),
+            ids(&h.replay(id(1996), &TopicFilter::all())),
             [1997, 1998, 1999, 2000]
         );
     }
@@ -516,10 +516,10 @@ mod tests {
         for ms in 151..=400 {
             h.append(frame(ms, "odd", 10));
         }
-        let r = before.replay(id(140), &TopicFilter::All);
+        let r = before.replay(id(140), &TopicFilter::all());
         assert_eq!(ids(&r), (141..=150).collect::<Vec<_>>());
         assert_eq!(
-            ids(&h.replay(id(390), &TopicFilter::All)),
+            ids(&h.replay(id(390), &TopicFilter::all())),
             (391..=400).collect::<Vec<_>>()
         );
     }
@@ -529,7 +529,7 @@ mod tests {
         let mut h = filled(100, 25, 2);
         h.append(frame(3, "odd", 30));
         assert_eq!(h.len(), 0);
-        assert_eq!(h.replay(id(2), &TopicFilter::All).gap, Some(None));
-        assert_eq!(h.replay(id(3), &TopicFilter::All).gap, None);
+        assert_eq!(h.replay(id(2), &TopicFilter::all()).gap, Some(None));
+        assert_eq!(h.replay(id(3), &TopicFilter::all()).gap, None);
     }
 }

@@ -569,10 +569,8 @@ mod tests {
     #[test]
     fn publish_reaches_matching_subscribers_only() {
         let hub = hub(10, 10);
-        let a = hub
-            .subscribe(TopicFilter::Only(vec!["a".into()]), None)
-            .unwrap();
-        let all = hub.subscribe(TopicFilter::All, None).unwrap();
+        let a = hub.subscribe(TopicFilter::topics(["a"]), None).unwrap();
+        let all = hub.subscribe(TopicFilter::all(), None).unwrap();
         let p = hub.publish("b", None, "x").unwrap();
         assert_eq!(p.receivers, 1);
         assert!(a.rx.try_recv().is_err());
@@ -582,19 +580,19 @@ mod tests {
     #[test]
     fn max_subscribers_is_enforced_and_freed_on_drop() {
         let hub = hub(1, 10);
-        let first = hub.subscribe(TopicFilter::All, None).unwrap();
+        let first = hub.subscribe(TopicFilter::all(), None).unwrap();
         assert_eq!(
-            hub.subscribe(TopicFilter::All, None).err(),
+            hub.subscribe(TopicFilter::all(), None).err(),
             Some(SubscribeError::Full)
         );
         drop(first);
-        assert!(hub.subscribe(TopicFilter::All, None).is_ok());
+        assert!(hub.subscribe(TopicFilter::all(), None).is_ok());
     }
 
     #[test]
     fn a_subscriber_blocked_on_its_client_is_evicted() {
         let hub = hub(10, 2);
-        let slow = hub.subscribe(TopicFilter::All, None).unwrap();
+        let slow = hub.subscribe(TopicFilter::all(), None).unwrap();
         slow.set_blocked(true);
         for _ in 0..2 {
             assert_eq!(hub.publish("t", None, "x").unwrap().receivers, 1);
@@ -610,7 +608,7 @@ mod tests {
         let hub = hub(10, 10);
         let first = hub.publish("t", None, "1").unwrap().id;
         hub.publish("t", None, "2").unwrap();
-        let sub = hub.subscribe(TopicFilter::All, Some(first)).unwrap();
+        let sub = hub.subscribe(TopicFilter::all(), Some(first)).unwrap();
         hub.publish("t", None, "3").unwrap();
         assert_eq!(sub.replay.frames.len(), 1);
         assert_eq!(sub.rx.len(), 1);
@@ -620,7 +618,7 @@ mod tests {
     #[test]
     fn a_publish_waits_for_a_subscriber_catching_up_but_not_for_a_stuck_one() {
         let hub = hub(10, 8);
-        let sub = hub.subscribe(TopicFilter::All, None).unwrap();
+        let sub = hub.subscribe(TopicFilter::all(), None).unwrap();
         for _ in 0..4 {
             hub.publish("t", None, "x").unwrap();
         }
@@ -649,7 +647,7 @@ mod tests {
     #[test]
     fn a_publish_does_not_wait_for_a_subscriber_blocked_on_its_client() {
         let hub = hub(10, 8);
-        let sub = hub.subscribe(TopicFilter::All, None).unwrap();
+        let sub = hub.subscribe(TopicFilter::all(), None).unwrap();
         sub.set_blocked(true);
         // Five queued is more than half the queue, with no one reading: a
         // subscriber that is merely behind would hold this up for
@@ -666,7 +664,7 @@ mod tests {
     #[test]
     fn the_follower_waits_for_a_subscriber_catching_up() {
         let hub = hub(10, 8);
-        let sub = hub.subscribe(TopicFilter::All, None).unwrap();
+        let sub = hub.subscribe(TopicFilter::all(), None).unwrap();
         let frames: Vec<SharedFrame> = (0..5)
             .map(|_| hub.log.append(&Event::new("t", None, "x")).unwrap())
             .collect();
@@ -692,7 +690,7 @@ mod tests {
     #[test]
     fn a_subscriber_waiting_for_cpu_gets_more_room() {
         let hub = hub(10, 2);
-        let starved = hub.subscribe(TopicFilter::All, None).unwrap();
+        let starved = hub.subscribe(TopicFilter::all(), None).unwrap();
         for _ in 0..2 * STARVED_FACTOR {
             assert_eq!(hub.publish("t", None, "x").unwrap().receivers, 1);
         }
@@ -704,7 +702,7 @@ mod tests {
     #[test]
     fn hang_up_releases_the_subscriber_at_once() {
         let hub = hub(10, 10);
-        let sub = hub.subscribe(TopicFilter::All, None).unwrap();
+        let sub = hub.subscribe(TopicFilter::all(), None).unwrap();
         hub.hang_up(sub.key());
         assert_eq!(sub.ended(), Some(Ending::Gone));
         assert!(sub.rx.recv().is_err(), "sender not dropped");
@@ -714,8 +712,8 @@ mod tests {
     #[test]
     fn one_encoding_is_shared_by_every_subscriber() {
         let hub = hub(10, 10);
-        let a = hub.subscribe(TopicFilter::All, None).unwrap();
-        let b = hub.subscribe(TopicFilter::All, None).unwrap();
+        let a = hub.subscribe(TopicFilter::all(), None).unwrap();
+        let b = hub.subscribe(TopicFilter::all(), None).unwrap();
         hub.publish("t", None, "x").unwrap();
         assert!(Arc::ptr_eq(&a.rx.recv().unwrap(), &b.rx.recv().unwrap()));
     }
@@ -723,11 +721,11 @@ mod tests {
     #[test]
     fn close_ends_every_stream_and_refuses_more() {
         let hub = hub(10, 10);
-        let sub = hub.subscribe(TopicFilter::All, None).unwrap();
+        let sub = hub.subscribe(TopicFilter::all(), None).unwrap();
         hub.close();
         assert_eq!(sub.ended(), Some(Ending::Released));
         assert_eq!(
-            hub.subscribe(TopicFilter::All, None).err(),
+            hub.subscribe(TopicFilter::all(), None).err(),
             Some(SubscribeError::Closed)
         );
         assert_eq!(

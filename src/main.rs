@@ -3,6 +3,7 @@
 //! it holds no protocol logic. Exit 2 for a refused configuration, 1 when the
 //! address cannot be bound or Redis cannot be reached.
 
+mod access;
 mod config;
 mod event;
 mod hangup;
@@ -41,6 +42,11 @@ fn main() {
         }
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Some(signed) = &config.signed {
+        for skipped in &signed.keys.skipped {
+            log::warn!("--jwks: left out {skipped}");
+        }
+    }
 
     let capacity = limits::measure();
     let mut max_subscribers = config.max_subscribers;
@@ -110,11 +116,35 @@ fn main() {
             exit(1);
         }
     };
+    let access = access::Access::new(&config);
     let app = Arc::new(App {
         hub,
         config,
         hangups,
+        access,
     });
+    if app.access.jwks().is_some() {
+        // SIGHUP re-reads the key set; open streams are not touched.
+        let mut hangups = match signal_hook::iterator::Signals::new([libc::SIGHUP]) {
+            Ok(signals) => signals,
+            Err(e) => {
+                eprintln!("ssehub: error: cannot handle SIGHUP: {e}");
+                exit(1);
+            }
+        };
+        let app = app.clone();
+        std::thread::Builder::new()
+            .name("reload".into())
+            .spawn(move || {
+                for _ in hangups.forever() {
+                    match app.access.reload() {
+                        Ok(done) => log::info!("reloaded {done}"),
+                        Err(why) => log::warn!("reload failed: {why}"),
+                    }
+                }
+            })
+            .expect("start the reload thread");
+    }
     {
         let app = app.clone();
         std::thread::Builder::new()

@@ -1,5 +1,6 @@
 //! The event-stream wire format (WHATWG HTML, "Server-sent events"): event
-//! frames, the `retry:` line, the `:` heartbeat and the `ssehub:gap` event.
+//! frames, the `retry:` line, the `:` heartbeat and the `ssehub:gap` and
+//! `ssehub:expired` events.
 //! Pure functions returning bytes; the HTTP chunked framing is `stream.rs`'s.
 
 use crate::event::EventId;
@@ -71,6 +72,12 @@ pub fn gap(last_event_id: EventId, oldest_available: Option<EventId>) -> Vec<u8>
     format!("event: ssehub:gap\ndata: {json}\n\n").into_bytes()
 }
 
+/// The last event of a stream whose token expired at `exp` (Unix seconds).
+/// No `id:` line: the client reconnects from the last real event.
+pub fn expired(exp: u64) -> Vec<u8> {
+    format!("event: ssehub:expired\ndata: {{\"exp\":{exp}}}\n\n").into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +139,14 @@ mod tests {
         assert_eq!(
             text(&gap(last, None)),
             "event: ssehub:gap\ndata: {\"last_event_id\":\"5-0\",\"oldest_available\":null}\n\n"
+        );
+    }
+
+    #[test]
+    fn expired_event_has_no_id() {
+        assert_eq!(
+            text(&expired(1764000000)),
+            "event: ssehub:expired\ndata: {\"exp\":1764000000}\n\n"
         );
     }
 }

@@ -6,7 +6,7 @@
 use std::io::{self, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::RecvTimeoutError;
 
@@ -31,6 +31,9 @@ pub struct StreamParams<'a> {
     pub cors_origin: Option<&'a str>,
     pub last_event_id: Option<EventId>,
     pub hangups: &'a Hangups,
+    /// The subscriber's token expires then (Unix seconds): the stream ends
+    /// with `ssehub:expired` (SPEC "Signed tokens").
+    pub expires: Option<u64>,
 }
 
 /// The response head of an event stream.
@@ -277,6 +280,14 @@ fn run(w: &mut Writer, sub: &Subscription<'_>, p: &StreamParams) -> io::Result<(
     }
     flush(w)?;
 
+    // The expiry as an instant, so that the wait below needs no timer: the
+    // heartbeat wait ends at the earlier of the two.
+    let expires_at = p.expires.map(|exp| {
+        let left = (UNIX_EPOCH + Duration::from_secs(exp))
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        (exp, Instant::now() + left)
+    });
     let take = |w: &mut Writer, f: &SharedFrame, last_sent: &mut Option<EventId>| -> u64 {
         if last_sent.is_some_and(|l| f.id <= l) {
             return 0;
@@ -289,7 +300,17 @@ fn run(w: &mut Writer, sub: &Subscription<'_>, p: &StreamParams) -> io::Result<(
         if let Some(done) = check(sub)? {
             return Ok(done);
         }
-        match sub.rx.recv_timeout(p.heartbeat) {
+        let mut wait = p.heartbeat;
+        if let Some((exp, at)) = expires_at {
+            match at.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => wait = wait.min(left),
+                _ => {
+                    w.push(&sse::expired(exp));
+                    return flush(w);
+                }
+            }
+        }
+        match sub.rx.recv_timeout(wait) {
             Ok(first) => {
                 let mut n = take(w, &first, &mut last_sent);
                 while w.pending() < BATCH_BYTES {
@@ -304,6 +325,8 @@ fn run(w: &mut Writer, sub: &Subscription<'_>, p: &StreamParams) -> io::Result<(
                 flush(w)?;
                 delivered(n);
             }
+            Err(RecvTimeoutError::Timeout)
+                if expires_at.is_some_and(|(_, at)| Instant::now() >= at) => {}
             Err(RecvTimeoutError::Timeout) => {
                 if w.peer_closed() {
                     return Err(io::ErrorKind::UnexpectedEof.into());
