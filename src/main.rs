@@ -123,28 +123,6 @@ fn main() {
         hangups,
         access,
     });
-    if app.access.jwks().is_some() {
-        // SIGHUP re-reads the key set; open streams are not touched.
-        let mut hangups = match signal_hook::iterator::Signals::new([libc::SIGHUP]) {
-            Ok(signals) => signals,
-            Err(e) => {
-                eprintln!("ssehub: error: cannot handle SIGHUP: {e}");
-                exit(1);
-            }
-        };
-        let app = app.clone();
-        std::thread::Builder::new()
-            .name("reload".into())
-            .spawn(move || {
-                for _ in hangups.forever() {
-                    match app.access.reload() {
-                        Ok(done) => log::info!("reloaded {done}"),
-                        Err(why) => log::warn!("reload failed: {why}"),
-                    }
-                }
-            })
-            .expect("start the reload thread");
-    }
     {
         let app = app.clone();
         std::thread::Builder::new()
@@ -163,6 +141,9 @@ fn main() {
         let _ = signal_tx.try_send(());
     })
     .expect("install the SIGINT/SIGTERM handler");
+    if app.access.jwks().is_some() {
+        reload_on_sighup(app.clone());
+    }
 
     let accept = listener::start(listener, app.clone(), capacity.connections)
         .expect("start the accept thread");
@@ -183,4 +164,33 @@ fn main() {
         started.elapsed().as_millis()
     );
     exit(0);
+}
+
+/// SIGHUP re-reads `--jwks` on a thread of its own; open streams are not
+/// touched. ctrlc's `termination` feature takes SIGHUP for a shutdown too,
+/// and signal-hook would call that handler after its own: the hub's
+/// reload replaces it.
+fn reload_on_sighup(app: Arc<App>) {
+    // SAFETY: resets one signal's disposition; no handler of ours runs.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_DFL);
+    }
+    let mut signals = match signal_hook::iterator::Signals::new([libc::SIGHUP]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("ssehub: error: cannot handle SIGHUP: {e}");
+            exit(1);
+        }
+    };
+    std::thread::Builder::new()
+        .name("reload".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                match app.access.reload() {
+                    Ok(done) => log::info!("reloaded {done}"),
+                    Err(why) => log::warn!("reload failed: {why}"),
+                }
+            }
+        })
+        .expect("start the reload thread");
 }

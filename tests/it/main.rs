@@ -16,3 +16,4 @@ mod routes;
 mod shutdown;
 mod startup;
 mod subscribe;
+mod tokens;
