@@ -32,8 +32,8 @@ const PAGE: &str = include_str!("index.html");
 /// The page may run only its own inline script and style, named by their
 /// SHA-256 (a test below recomputes them), and connect only to this hub.
 const PAGE_CSP: &str = "default-src 'none'; \
-    script-src 'sha256-oPD5oJgoCqau0LmuWJGwrDMYBogMla0xxoAeoQFHl74='; \
-    style-src 'sha256-Fd3RxWP0yU1c9BPVNwoYlpZXFFnsgTkufAo7oLwR+kA='; \
+    script-src 'sha256-Gm5zhjBi7vkTDyMIR4DTixKfwmkbPQOz0dM/qr0zrjs='; \
+    style-src 'sha256-pnmgPyrV3QdhYfsDe7NPPBi87gdTbH4Sps4kAbYJwjg='; \
     connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// What every connection thread shares.

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::harness::{poll, Hub, Response, Start, Sub};
 
-const SECRET: &str = "a shared HMAC secret of at least 32 bytes";
+pub const SECRET: &str = "a shared HMAC secret of at least 32 bytes";
 
 fn key_path(name: &str) -> String {
     format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))
@@ -19,7 +19,7 @@ fn key(name: &str) -> Vec<u8> {
     std::fs::read(key_path(name)).expect("test key")
 }
 
-fn now() -> u64 {
+pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -27,7 +27,7 @@ fn now() -> u64 {
 }
 
 /// Claims granting `publish` and `subscribe`, valid for a minute.
-fn grants(publish: &[&str], subscribe: &[&str]) -> Value {
+pub fn grants(publish: &[&str], subscribe: &[&str]) -> Value {
     json!({
         "sub": "user-42",
         "exp": now() + 60,
@@ -43,7 +43,7 @@ fn sign(alg: Algorithm, kid: Option<&str>, key: &EncodingKey, claims: &Value) ->
     encode(&header, claims, key).expect("sign")
 }
 
-fn hs256(claims: &Value) -> String {
+pub fn hs256(claims: &Value) -> String {
     let key = EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
     sign(Algorithm::HS256, None, &key, claims)
 }
