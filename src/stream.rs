@@ -282,11 +282,13 @@ fn run(w: &mut Writer, sub: &Subscription<'_>, p: &StreamParams) -> io::Result<(
 
     // The expiry as an instant, so that the wait below needs no timer: the
     // heartbeat wait ends at the earlier of the two.
-    let expires_at = p.expires.map(|exp| {
-        let left = (UNIX_EPOCH + Duration::from_secs(exp))
+    let expires_at = p.expires.and_then(|exp| {
+        // An exp beyond what the clocks hold never comes.
+        let at = UNIX_EPOCH.checked_add(Duration::from_secs(exp))?;
+        let left = at
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
-        (exp, Instant::now() + left)
+        Some((exp, Instant::now().checked_add(left)?))
     });
     let take = |w: &mut Writer, f: &SharedFrame, last_sent: &mut Option<EventId>| -> u64 {
         if last_sent.is_some_and(|l| f.id <= l) {

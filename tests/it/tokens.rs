@@ -383,6 +383,17 @@ fn a_stream_ends_at_its_tokens_exp_and_the_same_token_is_refused() {
     assert_invalid(&r, "expired", false);
 }
 
+#[test]
+fn an_exp_beyond_the_clocks_never_ends_the_stream() {
+    let hub = hmac_hub(&[]);
+    let token = hs256(&json!({"exp": u64::MAX, "ssehub": {"subscribe": ["t"], "publish": ["t"]}}));
+    let mut sub = hub.subscribe("/events", &bearer(&token));
+    sub.next_block();
+    let id = publish(&hub, &token, "t", "still open");
+    let ev = sub.next_event();
+    assert_eq!((ev.id, ev.data.as_str()), (Some(id), "still open"));
+}
+
 /// The JWKS file of a test, in a place of its own.
 fn jwks_copy(from: &str) -> std::path::PathBuf {
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
