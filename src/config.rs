@@ -6,10 +6,14 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser};
+
+use crate::access::{KeySet, SignedTokens};
+use crate::event::{Selector, TopicFilter};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -79,6 +83,30 @@ struct Args {
     /// Allow binding a non-loopback address without --publish-token
     #[arg(long)]
     allow_anonymous_publish: bool,
+
+    /// Verify signed tokens (JWT) with this HMAC key, 32 bytes or more: HS256, HS384, HS512
+    #[arg(long, value_name = "SECRET")]
+    jwt_secret: Option<String>,
+
+    /// Verify signed tokens with this PEM public key: RSA (RS256..PS512), EC P-256 (ES256) or P-384 (ES384), Ed25519 (EdDSA)
+    #[arg(long, value_name = "FILE")]
+    jwt_public_key: Option<PathBuf>,
+
+    /// Verify signed tokens with the keys of this JSON Web Key Set, chosen by `kid`; re-read on SIGHUP
+    #[arg(long, value_name = "FILE")]
+    jwks: Option<PathBuf>,
+
+    /// Signed tokens must carry this `aud`
+    #[arg(long, value_name = "AUD")]
+    jwt_audience: Option<String>,
+
+    /// Signed tokens must carry this `iss`
+    #[arg(long, value_name = "ISS")]
+    jwt_issuer: Option<String>,
+
+    /// Topics anyone may subscribe to without a token, comma-separated selectors (`news,public/*`)
+    #[arg(long, value_name = "SELECTORS")]
+    anonymous_topics: Option<String>,
 }
 
 /// Everything the hub is started with, typed.
@@ -99,6 +127,10 @@ pub struct Config {
     /// The names a request's `Host` may give besides the loopback ones;
     /// `None` takes any.
     pub allowed_hosts: Option<Vec<String>>,
+    /// The keys and claims signed tokens are checked against, if any.
+    pub signed: Option<SignedTokens>,
+    /// What anyone may subscribe to without a token (empty: nothing).
+    pub anonymous_topics: TopicFilter,
 }
 
 /// A startup refusal: printed to stderr, exit status 2.
@@ -116,6 +148,13 @@ pub enum ConfigError {
     Env { var: String, why: String },
     /// A non-loopback bind with nobody guarding publishing.
     AnonymousPublish(SocketAddr),
+    /// A key option whose key cannot be used (unreadable file, not a key).
+    Key {
+        option: &'static str,
+        /// The file, or `<hidden>` for a secret.
+        value: String,
+        why: String,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -128,9 +167,11 @@ impl fmt::Display for ConfigError {
             ConfigError::Env { var, why } => write!(f, "{var}: {why}"),
             ConfigError::AnonymousPublish(addr) => write!(
                 f,
-                "--bind: {addr} is not a loopback address and --publish-token is not set; \
-                 set a token or pass --allow-anonymous-publish"
+                "--bind: {addr} is not a loopback address and neither --publish-token nor \
+                 --jwt-secret, --jwt-public-key or --jwks is set; set one or pass \
+                 --allow-anonymous-publish"
             ),
+            ConfigError::Key { option, value, why } => write!(f, "{option}: {value:?}: {why}"),
         }
     }
 }
@@ -293,7 +334,23 @@ impl Config {
                 });
             }
         }
-        if !a.bind.ip().is_loopback() && a.publish_token.is_none() && !a.allow_anonymous_publish {
+        let signed = signed_tokens(&a)?;
+        let anonymous_topics = match &a.anonymous_topics {
+            None => TopicFilter::default(),
+            Some(_) if signed.is_none() && a.subscribe_token.is_none() => {
+                return Err(ConfigError::Invalid {
+                    option: "--anonymous-topics",
+                    value: a.anonymous_topics.clone().unwrap_or_default(),
+                    why: "without --subscribe-token or signed tokens every topic is open",
+                })
+            }
+            Some(list) => selector_list(list)?,
+        };
+        if !a.bind.ip().is_loopback()
+            && a.publish_token.is_none()
+            && signed.is_none()
+            && !a.allow_anonymous_publish
+        {
             return Err(ConfigError::AnonymousPublish(a.bind));
         }
         let allowed_hosts = match a.allowed_hosts.as_deref().map(str::trim) {
@@ -319,8 +376,80 @@ impl Config {
             cors_origin: a.cors_origin,
             redis: a.redis,
             allowed_hosts,
+            signed,
+            anonymous_topics,
         })
     }
+}
+
+/// `--jwt-secret`, `--jwt-public-key` or `--jwks` (one of them), read and
+/// checked now: a key that cannot verify anything is a startup refusal.
+fn signed_tokens(a: &Args) -> Result<Option<SignedTokens>, ConfigError> {
+    let given = [
+        a.jwt_secret.is_some(),
+        a.jwt_public_key.is_some(),
+        a.jwks.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() > 1 {
+        return Err(ConfigError::Invalid {
+            option: "--jwt-secret",
+            value: "<hidden>".into(),
+            why: "--jwt-secret, --jwt-public-key and --jwks are exclusive: give one",
+        });
+    }
+    let file = |option: &'static str, path: &PathBuf, load: fn(&[u8]) -> Result<KeySet, String>| {
+        let unusable = |why: String| ConfigError::Key {
+            option,
+            value: path.display().to_string(),
+            why,
+        };
+        let bytes = std::fs::read(path).map_err(|e| unusable(e.to_string()))?;
+        load(&bytes).map_err(unusable)
+    };
+    let keys = match (&a.jwt_secret, &a.jwt_public_key, &a.jwks) {
+        (Some(secret), _, _) => KeySet::secret(secret).map_err(|why| ConfigError::Key {
+            option: "--jwt-secret",
+            // never echo a secret
+            value: "<hidden>".into(),
+            why,
+        })?,
+        (_, Some(path), _) => file("--jwt-public-key", path, KeySet::pem)?,
+        (_, _, Some(path)) => file("--jwks", path, KeySet::jwks)?,
+        _ => {
+            for (option, value) in [
+                ("--jwt-audience", &a.jwt_audience),
+                ("--jwt-issuer", &a.jwt_issuer),
+            ] {
+                if let Some(value) = value {
+                    return Err(ConfigError::Invalid {
+                        option,
+                        value: value.escape_debug().to_string(),
+                        why: "needs --jwt-secret, --jwt-public-key or --jwks",
+                    });
+                }
+            }
+            return Ok(None);
+        }
+    };
+    Ok(Some(SignedTokens {
+        keys,
+        jwks: a.jwks.clone(),
+        audience: a.jwt_audience.clone(),
+        issuer: a.jwt_issuer.clone(),
+    }))
+}
+
+/// `--anonymous-topics`: comma-separated selectors.
+fn selector_list(list: &str) -> Result<TopicFilter, ConfigError> {
+    list.split(',')
+        .map(|s| Selector::parse(s.trim()).ok())
+        .collect::<Option<Vec<Selector>>>()
+        .map(TopicFilter::new)
+        .ok_or_else(|| ConfigError::Invalid {
+            option: "--anonymous-topics",
+            value: list.escape_debug().to_string(),
+            why: "expected topics or selectors such as news,public/*",
+        })
 }
 
 #[cfg(test)]
@@ -465,5 +594,73 @@ mod tests {
         );
         // A flag given on the command line is not read from the variable.
         assert!(parse_env(&["--client-queue", "8"], &[("SSEHUB_CLIENT_QUEUE", "lots")]).is_ok());
+    }
+
+    fn keys(name: &str) -> String {
+        format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    #[test]
+    fn signed_token_keys_are_read_at_startup() {
+        assert!(parse(&[]).unwrap().signed.is_none());
+        let secret = "0123456789abcdef0123456789abcdef";
+        let c = parse(&["--jwt-secret", secret, "--jwt-audience", "hub"]).unwrap();
+        let s = c.signed.unwrap();
+        assert_eq!((s.keys.len(), s.audience.as_deref()), (1, Some("hub")));
+        let e = refusal(&["--jwt-secret", "short secret"]);
+        assert!(
+            e.contains("--jwt-secret") && !e.contains("short secret"),
+            "{e}"
+        );
+        for pem in [
+            "rsa.pub.pem",
+            "p256.pub.pem",
+            "p384.pub.pem",
+            "ed25519.pub.pem",
+        ] {
+            assert!(parse(&["--jwt-public-key", &keys(pem)]).is_ok(), "{pem}");
+        }
+        let e = refusal(&["--jwt-public-key", &keys("rsa.pem")]);
+        assert!(
+            e.starts_with("--jwt-public-key: ") && e.contains("private key"),
+            "{e}"
+        );
+        let e = refusal(&["--jwt-public-key", "/nonexistent/key.pem"]);
+        assert!(
+            e.starts_with("--jwt-public-key: \"/nonexistent/key.pem\""),
+            "{e}"
+        );
+        let e = refusal(&["--jwt-public-key", &keys("jwks-old.json")]);
+        assert!(e.contains("--jwt-public-key"), "{e}");
+        let c = parse(&["--jwks", &keys("jwks-old.json")]).unwrap();
+        assert_eq!(c.signed.unwrap().jwks, Some(keys("jwks-old.json").into()));
+        assert!(refusal(&["--jwks", &keys("rsa.pub.pem")]).starts_with("--jwks: "));
+        let both = ["--jwt-secret", secret, "--jwks", &keys("jwks-old.json")];
+        assert!(refusal(&both).contains("exclusive"));
+        assert!(refusal(&["--jwt-audience", "hub"]).contains("--jwt-audience"));
+        assert!(refusal(&["--jwt-issuer", "me"]).contains("--jwt-issuer"));
+        // Signed tokens guard publishing on a public address.
+        let public = ["--bind", "0.0.0.0:8080", "--jwt-secret", secret];
+        assert!(parse(&public).is_ok());
+    }
+
+    #[test]
+    fn anonymous_topics_are_selectors() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let c = parse(&[
+            "--jwt-secret",
+            secret,
+            "--anonymous-topics",
+            "news, public/*",
+        ])
+        .unwrap();
+        assert!(c.anonymous_topics.matches("news") && c.anonymous_topics.matches("public/a"));
+        assert!(!c.anonymous_topics.matches("private"));
+        assert!(
+            refusal(&["--jwt-secret", secret, "--anonymous-topics", "a,,b"])
+                .contains("--anonymous-topics")
+        );
+        assert!(refusal(&["--anonymous-topics", "news"]).contains("--anonymous-topics"));
+        assert!(parse(&["--subscribe-token", "t", "--anonymous-topics", "news"]).is_ok());
     }
 }

@@ -256,7 +256,7 @@ mod tests {
     }
 
     fn only(topic: &str) -> TopicFilter {
-        TopicFilter::Only(vec![topic.into()])
+        TopicFilter::topics([topic])
     }
 
     /// Everything after `after`, read a page at a time as a stream reads it:
@@ -292,7 +292,7 @@ mod tests {
     #[test]
     fn replays_after_a_retained_id() {
         let h = filled(100, 1 << 20, 5);
-        assert_eq!(replay(&h, id(2), &TopicFilter::All), (None, vec![3, 4, 5]));
+        assert_eq!(replay(&h, id(2), &TopicFilter::all()), (None, vec![3, 4, 5]));
     }
 
     #[test]
@@ -304,7 +304,7 @@ mod tests {
     #[test]
     fn newest_id_replays_nothing_and_is_the_edge() {
         let h = filled(100, 1 << 20, 3);
-        let page = h.read(Some(id(3)), &TopicFilter::All, PAGE_BYTES);
+        let page = h.read(Some(id(3)), &TopicFilter::all(), PAGE_BYTES);
         assert_eq!((page.gap, page.frames.len()), (None, 0));
         assert_eq!((page.scanned, page.end), (Some(id(3)), true));
     }
@@ -314,7 +314,7 @@ mod tests {
         let h = filled(3, 1 << 20, 10);
         assert_eq!(h.ring.len(), 3);
         assert_eq!(
-            replay(&h, id(2), &TopicFilter::All),
+            replay(&h, id(2), &TopicFilter::all()),
             (Some(Some(id(8))), vec![8, 9, 10])
         );
     }
@@ -323,25 +323,25 @@ mod tests {
     fn bounded_by_bytes() {
         let h = filled(100, 35, 10);
         assert_eq!((h.ring.len(), h.bytes), (3, 30));
-        assert_eq!(replay(&h, id(1), &TopicFilter::All).0, Some(Some(id(8))));
+        assert_eq!(replay(&h, id(1), &TopicFilter::all()).0, Some(Some(id(8))));
     }
 
     #[test]
     fn the_last_evicted_id_is_no_gap() {
         let h = filled(3, 1 << 20, 10);
-        assert_eq!(replay(&h, id(7), &TopicFilter::All), (None, vec![8, 9, 10]));
+        assert_eq!(replay(&h, id(7), &TopicFilter::all()), (None, vec![8, 9, 10]));
     }
 
     #[test]
     fn unknown_ids_are_gaps() {
         let h = filled(100, 1 << 20, 5);
         // from the future, or from another hub: read on from the newest
-        let page = h.read(Some(id(99)), &TopicFilter::All, PAGE_BYTES);
+        let page = h.read(Some(id(99)), &TopicFilter::all(), PAGE_BYTES);
         assert_eq!((page.gap, page.frames.len()), (Some(Some(id(1))), 0));
         assert_eq!((page.scanned, page.end), (Some(id(5)), true));
         // between retained ids but never issued here
         assert_eq!(
-            replay(&h, EventId { ms: 2, seq: 5 }, &TopicFilter::All),
+            replay(&h, EventId { ms: 2, seq: 5 }, &TopicFilter::all()),
             (Some(Some(id(1))), vec![3, 4, 5])
         );
     }
@@ -349,7 +349,7 @@ mod tests {
     #[test]
     fn empty_history_is_a_gap_with_nothing_available() {
         let h = History::new(100, 1 << 20);
-        let page = h.read(Some(id(1)), &TopicFilter::All, PAGE_BYTES);
+        let page = h.read(Some(id(1)), &TopicFilter::all(), PAGE_BYTES);
         assert_eq!((page.gap, page.scanned, page.end), (Some(None), None, true));
     }
 
@@ -357,8 +357,8 @@ mod tests {
     fn zero_disables_replay() {
         let h = filled(0, 1 << 20, 5);
         assert_eq!(h.ring.len(), 0);
-        assert_eq!(replay(&h, id(2), &TopicFilter::All).0, Some(None));
-        assert_eq!(replay(&h, id(5), &TopicFilter::All).0, None);
+        assert_eq!(replay(&h, id(2), &TopicFilter::all()).0, Some(None));
+        assert_eq!(replay(&h, id(5), &TopicFilter::all()).0, None);
         let h = filled(100, 0, 5);
         assert_eq!(h.ring.len(), 0);
     }
@@ -369,7 +369,7 @@ mod tests {
         for ms in 1..=10_000 {
             h.append(frame(ms, if ms == 9_000 { "rare" } else { "odd" }, 100));
         }
-        let page = h.read(None, &TopicFilter::All, PAGE_BYTES);
+        let page = h.read(None, &TopicFilter::all(), PAGE_BYTES);
         assert_eq!(page.frames.len(), PAGE_EVENTS);
         assert_eq!(
             (page.scanned, page.end),
@@ -385,11 +385,11 @@ mod tests {
         for ms in 1..=100 {
             h.append(frame(ms, "odd", 60_000));
         }
-        let page = h.read(None, &TopicFilter::All, PAGE_BYTES);
+        let page = h.read(None, &TopicFilter::all(), PAGE_BYTES);
         assert_eq!(page.frames.len(), PAGE_BYTES.div_ceil(60_000));
         // Asked for less, and at least one frame.
-        assert_eq!(h.read(None, &TopicFilter::All, 130_000).frames.len(), 3);
-        assert_eq!(h.read(None, &TopicFilter::All, 1).frames.len(), 1);
+        assert_eq!(h.read(None, &TopicFilter::all(), 130_000).frames.len(), 3);
+        assert_eq!(h.read(None, &TopicFilter::all(), 1).frames.len(), 1);
     }
 
     /// The ring against a plain list of what it should retain, across
@@ -467,7 +467,7 @@ mod tests {
         let mut h = filled(100, 25, 2);
         h.append(frame(3, "odd", 30));
         assert_eq!(h.ring.len(), 0);
-        assert_eq!(replay(&h, id(2), &TopicFilter::All).0, Some(None));
-        assert_eq!(replay(&h, id(3), &TopicFilter::All).0, None);
+        assert_eq!(replay(&h, id(2), &TopicFilter::all()).0, Some(None));
+        assert_eq!(replay(&h, id(3), &TopicFilter::all()).0, None);
     }
 }

@@ -486,14 +486,14 @@ mod tests {
     }
 
     fn all() -> TopicFilter {
-        TopicFilter::All
+        TopicFilter::all()
     }
 
     #[test]
     fn publish_reaches_matching_subscribers_only() {
         let hub = hub(10, 10);
         let a = hub
-            .subscribe(TopicFilter::Only(vec!["a".into()]), None, -1)
+            .subscribe(TopicFilter::topics(["a"]), None, -1)
             .unwrap();
         let all = hub.subscribe(all(), None, -1).unwrap();
         let p = hub.publish("b", None, "x").unwrap();

@@ -3,6 +3,7 @@
 //! it holds no protocol logic. Exit 2 for a refused configuration, 1 when the
 //! address cannot be bound or Redis cannot be reached.
 
+mod access;
 mod config;
 mod event;
 mod hangup;
@@ -43,6 +44,11 @@ fn main() {
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     limits::return_large_frees();
+    if let Some(signed) = &config.signed {
+        for skipped in &signed.keys.skipped {
+            log::warn!("--jwks: left out {skipped}");
+        }
+    }
 
     let capacity = limits::measure();
     let mut max_subscribers = config.max_subscribers;
@@ -112,11 +118,13 @@ fn main() {
             exit(1);
         }
     };
+    let access = access::Access::new(&config);
     let app = Arc::new(App {
         hub,
         config,
         hangups,
         refusal_log: quiet::Quiet::new("refusals"),
+        access,
     });
     {
         let app = app.clone();
@@ -136,6 +144,9 @@ fn main() {
         let _ = signal_tx.try_send(());
     })
     .expect("install the SIGINT/SIGTERM handler");
+    if app.access.jwks().is_some() {
+        reload_on_sighup(app.clone());
+    }
 
     let accept = listener::start(listener, app.clone(), capacity.connections)
         .expect("start the accept thread");
@@ -156,4 +167,33 @@ fn main() {
         started.elapsed().as_millis()
     );
     exit(0);
+}
+
+/// SIGHUP re-reads `--jwks` on a thread of its own; open streams are not
+/// touched. ctrlc's `termination` feature takes SIGHUP for a shutdown too,
+/// and signal-hook would call that handler after its own: the hub's
+/// reload replaces it.
+fn reload_on_sighup(app: Arc<App>) {
+    // SAFETY: resets one signal's disposition; no handler of ours runs.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_DFL);
+    }
+    let mut signals = match signal_hook::iterator::Signals::new([libc::SIGHUP]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("ssehub: error: cannot handle SIGHUP: {e}");
+            exit(1);
+        }
+    };
+    std::thread::Builder::new()
+        .name("reload".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                match app.access.reload() {
+                    Ok(done) => log::info!("reloaded {done}"),
+                    Err(why) => log::warn!("reload failed: {why}"),
+                }
+            }
+        })
+        .expect("start the reload thread");
 }

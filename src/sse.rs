@@ -1,6 +1,7 @@
 //! The event-stream wire format (WHATWG HTML, "Server-sent events"): a
 //! published event encoded once into the `Frame` every subscriber shares, the
-//! `retry:` line, the `:` heartbeat and the hub's own `ssehub:` events. Pure
+//! `retry:` line, the `:` heartbeat and the hub's own `ssehub:` events
+//! (`gap`, `expired`). Pure
 //! values and functions returning bytes; the HTTP chunked framing is
 //! `stream.rs`'s.
 
@@ -176,6 +177,14 @@ mod tests {
     fn retry_and_heartbeat() {
         assert_eq!(text(&retry(3000)), "retry: 3000\n\n");
         assert_eq!(HEARTBEAT, b":\n\n");
+    }
+
+    #[test]
+    fn expired_event_has_no_id() {
+        assert_eq!(
+            text(&expired(1764000000)),
+            "event: ssehub:expired\ndata: {\"exp\":1764000000}\n\n"
+        );
     }
 
     #[test]

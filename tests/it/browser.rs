@@ -638,3 +638,105 @@ fn screenshot_of_the_page_with_events() {
         .unwrap_or_else(|_| concat!(env!("CARGO_TARGET_TMPDIR"), "/page.png").into());
     std::fs::write(&path, png).expect("save the screenshot");
 }
+
+#[test]
+fn page_subscribes_with_a_signed_token_and_shows_a_refusal_and_the_expiry() {
+    use crate::tokens::{grants, hs256, now, SECRET};
+    let hub = Hub::start(&["--jwt-secret", SECRET, "--heartbeat", "1"]);
+    let Some(mut page) = visit(&hub) else { return };
+    let state_says = |text: &str| {
+        format!(
+            "document.getElementById('state').textContent === {}",
+            lit(text)
+        )
+    };
+    wait(
+        &mut page,
+        &state_says("refused: 401 missing token · set the token and subscribe again"),
+        "the page asks for a token",
+    );
+
+    // A token for user 1 asking for user 2's topic.
+    let expiring = serde_json::json!({
+        "sub": "user-1",
+        "exp": now() + 6,
+        "ssehub": {"publish": ["users/1/*"], "subscribe": ["users/1/*"]},
+    });
+    let token = hs256(&expiring);
+    fill(&mut page, &[("topics", "users/2/x"), ("token", &token)]);
+    click(&mut page, "#subscribe button");
+    wait(
+        &mut page,
+        &state_says("refused: 403 topic not granted: users/2/x · change the topics or the token"),
+        "the refused topic shows",
+    );
+
+    fill(&mut page, &[("topics", "users/1/x")]);
+    click(&mut page, "#subscribe button");
+    wait(&mut page, &state_is("open"), "the granted topic opens");
+    // The publish form sends the signed token as Authorization: Bearer.
+    fill(
+        &mut page,
+        &[
+            ("pub-topic", "users/1/x"),
+            ("pub-data", "for user 1"),
+            ("pub-token", &token),
+        ],
+    );
+    click(&mut page, "#publish button");
+    wait(
+        &mut page,
+        "[...document.querySelectorAll('#events .data')].some(e => e.textContent === 'for user 1')",
+        "the published event shows",
+    );
+    fill(&mut page, &[("pub-topic", "users/2/x")]);
+    click(&mut page, "#publish button");
+    wait(
+        &mut page,
+        "document.getElementById('answer').className === 'error'",
+        "the refused publish shows",
+    );
+    assert_eq!(
+        text(&mut page, "answer"),
+        "403 Forbidden {\"error\":\"topic not granted: users/2/x\"}"
+    );
+
+    wait(
+        &mut page,
+        "document.querySelector('#events li.expired') !== null",
+        "the expiry shows",
+    );
+    wait(
+        &mut page,
+        &state_says("token expired · paste a new token and subscribe again"),
+        "the page asks for a new token",
+    );
+    let row = rows(&mut page).remove(0);
+    assert_eq!((&*row.kind, &*row.event), ("expired", "ssehub:expired"));
+    assert!(
+        row.data.starts_with("the token expired at "),
+        "{}",
+        row.data
+    );
+    assert_eq!(
+        page.js("document.activeElement.id"),
+        "token",
+        "the token field has the focus"
+    );
+
+    let fresh = hs256(&grants(&[], &["users/1/*"]));
+    fill(&mut page, &[("token", &fresh)]);
+    click(&mut page, "#subscribe button");
+    wait(
+        &mut page,
+        &state_is("open"),
+        "a new token opens the stream again",
+    );
+    // The browser reports each refused request; nothing else went wrong.
+    let errors = page.errors();
+    let refusal = |e: &String| {
+        e.starts_with("\"Failed to load resource: the server responded with a status of 40")
+            && (e.contains(" 401 ") || e.contains(" 403 "))
+    };
+    assert!(errors.iter().all(refusal), "console errors: {errors:#?}");
+}

@@ -18,3 +18,4 @@ mod routes;
 mod shutdown;
 mod startup;
 mod subscribe;
+mod tokens;
