@@ -5,9 +5,10 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -90,6 +91,14 @@ struct Args {
     #[arg(long, env = "SSEHUB_REDIS", value_name = "URL")]
     redis: Option<String>,
 
+    /// Keep the event log in files under DIR (created if missing), so history survives restarts and crashes; exclusive with --redis
+    #[arg(long, env = "SSEHUB_DATA", value_name = "DIR")]
+    data: Option<PathBuf>,
+
+    /// With --data: when a publish is flushed to disk before it is answered: always, periodic (every 100 ms) or never (left to the OS)
+    #[arg(long, env = "SSEHUB_FSYNC", value_name = "POLICY", value_enum, default_value_t = Fsync::Always)]
+    fsync: Fsync,
+
     /// Host names requests may be addressed to (the `Host` field), comma-separated, `*` for any; loopback names are always allowed [default: loopback names only when bound to loopback, else any]
     #[arg(long, env = "SSEHUB_ALLOWED_HOSTS", value_name = "HOSTS")]
     allowed_hosts: Option<String>,
@@ -97,6 +106,17 @@ struct Args {
     /// Allow binding a non-loopback address without --publish-token
     #[arg(long, env = "SSEHUB_ALLOW_ANONYMOUS_PUBLISH")]
     allow_anonymous_publish: bool,
+}
+
+/// When the file log (`--data`) flushes what it wrote to disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Fsync {
+    /// Before a publish is answered; concurrent publishes share one flush.
+    Always,
+    /// Every 100 ms: a crash may lose the last 100 ms of answered events.
+    Periodic,
+    /// Never asked for: the operating system writes back when it likes.
+    Never,
 }
 
 /// Everything the hub is started with, typed.
@@ -114,6 +134,9 @@ pub struct Config {
     pub subscribe_token: Option<String>,
     pub cors_origin: Option<String>,
     pub redis: Option<String>,
+    /// `--data`: the directory of the file log.
+    pub data: Option<PathBuf>,
+    pub fsync: Fsync,
     /// The names a request's `Host` may give besides the loopback ones;
     /// `None` takes any.
     pub allowed_hosts: Option<Vec<String>>,
@@ -132,6 +155,8 @@ pub enum ConfigError {
     },
     /// A non-loopback bind with nobody guarding publishing.
     AnonymousPublish(SocketAddr),
+    /// Two options that each choose the same thing (the event log).
+    Exclusive(&'static str, &'static str),
 }
 
 impl fmt::Display for ConfigError {
@@ -146,6 +171,12 @@ impl fmt::Display for ConfigError {
                 "--bind: {addr} is not a loopback address and --publish-token is not set; \
                  set a token or pass --allow-anonymous-publish"
             ),
+            ConfigError::Exclusive(a, b) => {
+                write!(
+                    f,
+                    "{a} and {b} cannot be used together: each is the event log"
+                )
+            }
         }
     }
 }
@@ -226,6 +257,16 @@ impl Config {
                 });
             }
         }
+        if a.data.is_some() && a.redis.is_some() {
+            return Err(ConfigError::Exclusive("--data", "--redis"));
+        }
+        if a.data.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+            return Err(ConfigError::Invalid {
+                option: "--data",
+                value: String::new(),
+                why: "expected a directory",
+            });
+        }
         if !a.bind.ip().is_loopback() && a.publish_token.is_none() && !a.allow_anonymous_publish {
             return Err(ConfigError::AnonymousPublish(a.bind));
         }
@@ -251,6 +292,8 @@ impl Config {
             subscribe_token: a.subscribe_token,
             cors_origin: a.cors_origin,
             redis: a.redis,
+            data: a.data,
+            fsync: a.fsync,
             allowed_hosts,
         })
     }
@@ -281,6 +324,8 @@ mod tests {
         assert_eq!(c.max_event_bytes, 65_536);
         assert!(c.publish_token.is_none() && c.subscribe_token.is_none());
         assert!(c.cors_origin.is_none() && c.redis.is_none());
+        assert!(c.data.is_none());
+        assert_eq!(c.fsync, Fsync::Always);
         assert_eq!(c.allowed_hosts, Some(vec![]));
     }
 
@@ -331,6 +376,18 @@ mod tests {
         assert!(refusal(&["--redis", "http://x"]).contains("--redis"));
         assert!(refusal(&["--redis", "rediss://h:1"]).contains("--redis"));
         assert!(parse(&["--redis", "redis://127.0.0.1:6379/2"]).is_ok());
+    }
+
+    #[test]
+    fn data_and_fsync() {
+        let c = parse(&["--data", "/var/lib/ssehub", "--fsync", "periodic"]).unwrap();
+        assert_eq!(c.data, Some(PathBuf::from("/var/lib/ssehub")));
+        assert_eq!(c.fsync, Fsync::Periodic);
+        assert_eq!(parse(&["--fsync", "never"]).unwrap().fsync, Fsync::Never);
+        assert!(refusal(&["--fsync", "sometimes"]).contains("--fsync"));
+        assert!(refusal(&["--data", ""]).contains("--data"));
+        let e = refusal(&["--data", "d", "--redis", "redis://127.0.0.1:6379"]);
+        assert!(e.contains("--data") && e.contains("--redis"), "{e}");
     }
 
     #[test]

@@ -22,6 +22,32 @@ pub struct Replay {
     pub frames: Vec<SharedFrame>,
 }
 
+/// Events per page of `EventLog::read`, and the bytes of frames after which a page stops early
+/// (a page always holds at least one frame if there is one).
+pub const PAGE_EVENTS: usize = 256;
+pub const PAGE_BYTES: usize = 256 * 1024;
+/// Entries a page may look at (matching or not) before it returns, so a read for a rare topic is
+/// bounded too.
+pub const PAGE_SCAN: usize = 4096;
+
+/// One bounded read of the log.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// `Some(oldest_available)` when `after` is neither retained nor the last evicted id nor the
+    /// newest id (events after it may have been lost): the reader starts at the oldest retained
+    /// event and a replay opens with `ssehub:gap`. Same rules as today's `Replay::gap`.
+    pub gap: Option<Option<EventId>>,
+    /// Retained frames after `after` (or after the gap, from the oldest) that match `topics`,
+    /// oldest first; at most PAGE_EVENTS / ~PAGE_BYTES.
+    pub frames: Vec<SharedFrame>,
+    /// The id of the last entry this read looked at, matching or not (None if none): the next
+    /// read goes on after it.
+    pub scanned: Option<EventId>,
+    /// True when nothing (that may be read yet) follows `scanned` (or `after`): the reader is at
+    /// the live edge.
+    pub end: bool,
+}
+
 /// Why the log could not be written or read: only a shared log fails, when
 /// its store is out of reach. The text is fit for a client and a log line.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 //! address cannot be bound or Redis cannot be reached.
 
 mod config;
+mod disk;
 mod event;
 mod hangup;
 mod history;
