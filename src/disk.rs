@@ -15,11 +15,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::config::Fsync;
-use crate::event::{self, Event, EventId, Frame, IdClock, SharedFrame, TopicFilter};
-use crate::history::{LogError, Page, PAGE_BYTES, PAGE_EVENTS, PAGE_SCAN};
+use crate::event::{self, EventId, IdClock, TopicFilter};
+use crate::history::{now_ms, EventLog, LogError, Page, PAGE_BYTES, PAGE_EVENTS, PAGE_SCAN};
+use crate::hub::Hub;
+use crate::sse::{Event, Frame, SharedFrame};
 
 /// A record's header: the payload's length and the CRC-32 of the length and
 /// the payload, both little-endian u32.
@@ -327,12 +329,6 @@ impl Segment {
 
 fn segment_name(number: u64) -> String {
     format!("{number:020}{SUFFIX}")
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Everything behind the log's lock.
@@ -706,9 +702,9 @@ impl State {
     }
 
     /// A page from the frames in memory, if they hold every frame after
-    /// `after` and, for a replay, tell whether there is a gap (the follower
-    /// takes them even if retention removed them from the files meanwhile).
-    fn from_recent(
+    /// `after` and, for a replay, no gap precedes them (the follower takes
+    /// them even if retention removed them from the files meanwhile).
+    fn recent_page(
         &self,
         after: Option<EventId>,
         topics: &TopicFilter,
@@ -723,14 +719,19 @@ impl State {
             return None;
         }
         let lo = self.recent.partition_point(|f| Some(f.id) <= after);
+        let below = match lo.checked_sub(1) {
+            Some(i) => Some(self.recent[i].id),
+            None => self.recent_floor.filter(|f| Some(*f) == after),
+        };
+        let oldest = self.oldest();
         if let Some(a) = after.filter(|_| replay) {
-            let retained = self.oldest().is_some_and(|o| a >= o)
-                && (Some(a) == self.recent_floor || lo > 0 && self.recent[lo - 1].id == a);
+            let retained = below == Some(a) && oldest.is_some_and(|o| a >= o);
             if !retained && Some(a) != self.evicted_upto {
                 return None;
             }
         }
         let mut pager = Pager::new(topics);
+        pager.page.scanned = below.filter(|b| !replay || oldest.is_some_and(|o| *b >= o));
         let mut looked = lo;
         for frame in self.recent.range(lo..) {
             looked += 1;
@@ -953,8 +954,9 @@ impl Shared {
         }
     }
 
-    /// A page after `after` (None: from the oldest, no gap). A `replay`
-    /// honours `--history 0`; the follower reads what was written anyway.
+    /// A page after `after` (None: from the oldest, no gap), as
+    /// `History::read` reads one. A `replay` honours `--history 0`; the
+    /// follower reads what was written anyway.
     fn read(
         &self,
         after: Option<EventId>,
@@ -962,71 +964,56 @@ impl Shared {
         replay: bool,
     ) -> Result<Page, LogError> {
         let st = self.lock();
+        if let Some(a) = after.filter(|a| Some(*a) == st.visible_id) {
+            return Ok(Page {
+                scanned: Some(a),
+                end: true,
+                ..Page::default()
+            });
+        }
         if replay && self.history == 0 {
             return Ok(Page {
-                gap: (after != st.visible_id).then_some(None),
+                gap: after.map(|_| None),
                 end: true,
                 ..Page::default()
             });
         }
-        if after.is_some() && after == st.visible_id {
-            return Ok(Page {
-                end: true,
-                ..Page::default()
-            });
-        }
-        if let Some(page) = st.from_recent(after, topics, replay) {
+        if let Some(page) = st.recent_page(after, topics, replay) {
             return Ok(page);
         }
-        let live: VecDeque<_> = st
-            .segments
-            .iter()
-            .filter(|s| s.visible.count > 0)
+        let live = st.segments.iter().filter(|s| s.visible.count > 0);
+        let firsts: Vec<EventId> = live.clone().filter_map(Segment::first).collect();
+        let mut spans: VecDeque<_> = live
+            .clone()
             .map(|s| (s.file.clone(), s.path.clone(), 0, s.visible.len))
             .collect();
-        let firsts: Vec<EventId> = st.segments.iter().filter_map(Segment::first).collect();
-        let oldest = firsts.first().copied();
-        let evicted_upto = st.evicted_upto;
-        let mut from = live.clone();
         if let Some(a) = after {
             let i = firsts.partition_point(|f| *f <= a);
-            if i > 0 {
-                let seg = st
-                    .segments
-                    .iter()
-                    .filter(|s| s.visible.count > 0)
-                    .nth(i - 1)
-                    .expect("as many as firsts");
-                from.drain(..i - 1);
-                from[0].2 = seg.start_for(a);
+            if let Some(i) = i.checked_sub(1) {
+                spans.drain(..i);
+                spans[0].2 = live.clone().nth(i).expect("as many as firsts").start_for(a);
             }
         }
+        let gap_unless_known =
+            (after.is_some() && after != st.evicted_upto).then(|| firsts.first().copied());
         drop(st);
 
-        let mut walk = Walk {
-            spans: from,
-            scan: None,
-        };
+        let mut walk = Walk { spans, scan: None };
         let mut pager = Pager::new(topics);
-        let mut known = after.is_none();
+        let mut known = false;
         let mut full = false;
         // The few records from the index entry up to `after`.
         while let Some(record) = walk.next()? {
             if Some(record.id) <= after {
                 known |= Some(record.id) == after;
+                pager.page.scanned = Some(record.id);
                 continue;
             }
-            if known || after == evicted_upto {
-                full = !pager.take(record.id, record.topic, || record.frame());
-            }
+            full = !pager.take(record.id, record.topic, || record.frame());
             break;
         }
-        if !known && after != evicted_upto {
-            pager.page.gap = Some(oldest);
-            walk = Walk {
-                spans: live,
-                scan: None,
-            };
+        if !known {
+            pager.page.gap = gap_unless_known;
         }
         while !full {
             let Some(record) = walk.next()? else {
@@ -1051,29 +1038,27 @@ impl State {
     }
 }
 
-impl DiskLog {
-    /// Keeps `event` and returns its frame under the id the log gave it;
-    /// returns once the record is written and, under `--fsync always`,
+impl EventLog for DiskLog {
+    /// Returns once the record is written and, under `--fsync always`,
     /// flushed. On a failed write or flush nothing of it is kept.
-    pub fn append(&self, event: &Event) -> Result<SharedFrame, LogError> {
+    fn append(&self, event: &Event) -> Result<SharedFrame, LogError> {
         self.shared.append(event)
     }
 
-    /// One page after `after` for `topics` (`Page`): only records that are
-    /// durable as --fsync says, never one being written.
-    pub fn read(&self, after: EventId, topics: &TopicFilter) -> Result<Page, LogError> {
-        self.shared.read(Some(after), topics, true)
+    /// Only records that are durable as --fsync says, never one being
+    /// written.
+    fn read(&self, after: Option<EventId>, topics: &TopicFilter) -> Result<Page, LogError> {
+        self.shared.read(after, topics, true)
     }
 
-    pub fn oldest(&self) -> Option<EventId> {
+    fn oldest(&self) -> Option<EventId> {
         match self.shared.history {
             0 => None,
             _ => self.shared.lock().oldest(),
         }
     }
 
-    /// Events retained (`ssehub_history_events`).
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         match self.shared.history {
             0 => 0,
             _ => self
@@ -1086,8 +1071,13 @@ impl DiskLog {
         }
     }
 
+    /// Events reach subscribers through the follower, once durable.
+    fn followed(&self) -> bool {
+        true
+    }
+
     /// Whether the last write (and flush) succeeded.
-    pub fn up(&self) -> bool {
+    fn up(&self) -> bool {
         self.shared.up.load(Ordering::Relaxed)
     }
 }
@@ -1104,6 +1094,24 @@ impl Drop for DiskLog {
 }
 
 impl Follower {
+    /// Starts the follower thread for `hub`: it runs for the life of the
+    /// log. Should it fall so far behind that retention removed events it
+    /// had not handed on, every stream is ended, so that its client replays
+    /// and learns of the gap.
+    pub fn start(self, hub: Arc<Hub>) -> io::Result<thread::JoinHandle<()>> {
+        let ends = hub.clone();
+        self.spawn(
+            move |frames| hub.fan_out_followed(frames),
+            move || {
+                let ended = ends.end_streams();
+                log::warn!(
+                    "event log: events were removed before the follower handed them on: \
+                     ended {ended} streams so their clients replay and see the gap"
+                );
+            },
+        )
+    }
+
     /// Starts the follower thread: after each flush it calls `feed` with
     /// the newly durable frames, oldest first, and `lost` if it fell so far
     /// behind that retention removed frames it had not handed on. It ends
@@ -1183,11 +1191,11 @@ mod tests {
 
     /// Every retained id after `after`, page by page.
     fn read_all(log: &DiskLog, after: EventId, topics: &TopicFilter) -> (Page, Vec<EventId>) {
-        let first = log.read(after, topics).expect("read");
+        let first = log.read(Some(after), topics).expect("read");
         let mut ids: Vec<EventId> = first.frames.iter().map(|f| f.id).collect();
         let (mut at, mut end) = (first.scanned, first.end);
         while !end {
-            let page = log.read(at.expect("scanned"), topics).expect("read");
+            let page = log.read(at, topics).expect("read");
             assert!(page.gap.is_none(), "a gap on a later page");
             ids.extend(page.frames.iter().map(|f| f.id));
             (at, end) = (page.scanned.or(at), page.end);
@@ -1220,7 +1228,7 @@ mod tests {
             .unwrap();
         let b = publish(&log, "other", "");
         assert!(b.id > a.id);
-        let page = log.read(ZERO, &TopicFilter::All).unwrap();
+        let page = log.read(Some(ZERO), &TopicFilter::All).unwrap();
         assert_eq!(page.gap, Some(Some(a.id)));
         assert_eq!(page.frames.len(), 2);
         assert_eq!(page.frames[0].bytes, a.bytes);
@@ -1230,11 +1238,11 @@ mod tests {
         drop(log);
         // From the file this time, not from memory.
         let log = open_log(&dir, 100, 1 << 20, Fsync::Always);
-        let page = log.read(a.id, &TopicFilter::All).unwrap();
+        let page = log.read(Some(a.id), &TopicFilter::All).unwrap();
         assert_eq!((page.gap, page.frames.len()), (None, 1));
         assert_eq!(page.frames[0].bytes, b.bytes);
         assert_eq!(
-            std::str::from_utf8(&log.read(ZERO, &TopicFilter::All).unwrap().frames[0].bytes)
+            std::str::from_utf8(&log.read(Some(ZERO), &TopicFilter::All).unwrap().frames[0].bytes)
                 .unwrap(),
             format!(
                 "id: {}\nevent: created\ndata: a\ndata: b\ndata: c\n\n",
@@ -1388,7 +1396,7 @@ mod tests {
         let newest = *ids.last().unwrap();
         // From the file (older than the frames in memory) and from memory.
         for start in [0, ids.len() - 300] {
-            let page = log.read(ids[start], &TopicFilter::All).unwrap();
+            let page = log.read(Some(ids[start]), &TopicFilter::All).unwrap();
             assert_eq!(page.gap, None);
             assert_eq!(page.frames.len(), PAGE_EVENTS.min(ids.len() - start - 1));
             assert_eq!(page.frames[0].id, ids[start + 1]);
@@ -1399,38 +1407,126 @@ mod tests {
         }
         // A rare topic: a page looks at PAGE_SCAN entries at most.
         let rare = TopicFilter::Only(vec!["rare".into()]);
-        let page = log.read(ids[0], &rare).unwrap();
+        let page = log.read(Some(ids[0]), &rare).unwrap();
         assert_eq!(page.frames.len(), PAGE_SCAN / 100);
         assert_eq!(page.scanned, Some(ids[PAGE_SCAN]));
         let (_, read) = read_all(&log, ids[0], &rare);
         let want: Vec<EventId> = (100..ids.len()).step_by(100).map(|i| ids[i]).collect();
         assert_eq!(read, want);
         // The newest id: nothing, no gap, at the end.
-        let page = log.read(newest, &TopicFilter::All).unwrap();
+        let page = log.read(Some(newest), &TopicFilter::All).unwrap();
         assert!(page.gap.is_none() && page.frames.is_empty() && page.end);
-        // Unknown ids, from the future or never issued: a gap, from the oldest.
+        // Unknown ids, from the future, never issued, from before the log:
+        // a gap, and on after them.
         let future = EventId {
             ms: newest.ms + 1,
             seq: 0,
         };
+        let page = log.read(Some(future), &TopicFilter::All).unwrap();
+        assert_eq!(page.gap, Some(Some(ids[0])));
+        assert!(page.frames.is_empty() && page.end);
+        assert_eq!(page.scanned, Some(newest));
         let never = EventId {
             seq: ids[10].seq + 1_000_000,
             ..ids[10]
         };
-        for id in [future, never, ZERO] {
-            let page = log.read(id, &TopicFilter::All).unwrap();
-            assert_eq!(page.gap, Some(Some(ids[0])), "after {id}");
-            assert_eq!(page.frames[0].id, ids[0]);
-        }
+        let next = ids.iter().position(|id| *id > never).unwrap();
+        let page = log.read(Some(never), &TopicFilter::All).unwrap();
+        assert_eq!(page.gap, Some(Some(ids[0])));
+        assert_eq!(page.frames[0].id, ids[next]);
+        assert_eq!(page.scanned.unwrap(), ids[next + PAGE_EVENTS - 1]);
+        let page = log.read(Some(ZERO), &TopicFilter::All).unwrap();
+        assert_eq!(page.gap, Some(Some(ids[0])));
+        assert_eq!(page.frames[0].id, ids[0]);
+        // From the oldest: no gap.
+        let page = log.read(None, &TopicFilter::All).unwrap();
+        assert_eq!((page.gap, page.frames[0].id), (None, ids[0]));
         // Big events: a page stops after about PAGE_BYTES.
         let big = "y".repeat(100 << 10);
         let first = publish(&log, "big", &big).id;
         for _ in 0..9 {
             publish(&log, "big", &big);
         }
-        let page = log.read(newest, &TopicFilter::All).unwrap();
+        let page = log.read(Some(newest), &TopicFilter::All).unwrap();
         assert_eq!(page.frames.len(), 3);
         assert_eq!(page.frames[0].id, first);
+    }
+
+    #[test]
+    fn an_empty_log_is_a_gap_with_nothing_available() {
+        let dir = TempDir::new("empty");
+        let log = open_log(&dir, 100, 1 << 20, Fsync::Always);
+        let page = log
+            .read(Some(EventId { ms: 5, seq: 0 }), &TopicFilter::All)
+            .unwrap();
+        assert_eq!((page.gap, page.scanned, page.end), (Some(None), None, true));
+        let page = log.read(None, &TopicFilter::All).unwrap();
+        assert_eq!((page.gap, page.scanned, page.end), (None, None, true));
+        assert_eq!((log.len(), log.oldest()), (0, None));
+    }
+
+    /// The log against a plain list of what it retains (every id from
+    /// `oldest()` on), across file removals, pages from the files and from
+    /// memory, and every kind of id.
+    #[test]
+    fn agrees_with_a_plain_list() {
+        let mut seed = 11u64;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let dir = TempDir::new("model");
+        let log = open_log(&dir, 6000, 1 << 30, Fsync::Never);
+        let mut model: Vec<(EventId, bool)> = Vec::new();
+        let even = TopicFilter::Only(vec!["even".into()]);
+        for n in 0..12_000 {
+            let topic = if next(3) == 0 { "even" } else { "odd" };
+            let id = publish(&log, topic, &"d".repeat(next(40) as usize)).id;
+            model.push((id, topic == "even"));
+            if next(400) != 0 {
+                continue;
+            }
+            let oldest = log.oldest().unwrap();
+            let first = model.iter().position(|(id, _)| *id == oldest).unwrap();
+            assert_eq!(log.len(), model.len() - first);
+            let pick = |i: usize| model[i.min(model.len() - 1)].0;
+            let later = |id: EventId| EventId {
+                seq: id.seq + 100_000,
+                ..id
+            };
+            for after in [
+                pick(usize::MAX),
+                oldest,
+                pick(first + next((model.len() - first) as u64) as usize),
+                pick(
+                    model
+                        .len()
+                        .saturating_sub(1 + next(RECENT_EVENTS as u64 * 2) as usize),
+                ),
+                pick(first.saturating_sub(1)),
+                pick(first.saturating_sub(1 + next(100) as usize)),
+                later(pick(first + next((model.len() - first) as u64) as usize)),
+                later(pick(usize::MAX)),
+                ZERO,
+            ] {
+                let (page, got) = read_all(&log, after, &even);
+                let want: Vec<EventId> = model[first..]
+                    .iter()
+                    .filter(|(id, even)| *even && *id > after)
+                    .map(|(id, _)| *id)
+                    .collect();
+                assert_eq!(got, want, "after {after} at {n}");
+                let no_gap = model[first..].iter().any(|(id, _)| *id == after)
+                    || after == pick(usize::MAX)
+                    || (first > 0 && after == model[first - 1].0);
+                assert_eq!(page.gap.is_none(), no_gap, "after {after} at {n}");
+                if let Some(gap) = page.gap {
+                    assert_eq!(gap, Some(oldest));
+                }
+            }
+        }
     }
 
     #[test]
@@ -1440,9 +1536,13 @@ mod tests {
         let a = publish(&log, "t", "1");
         let b = publish(&log, "t", "2");
         assert_eq!((log.len(), log.oldest()), (0, None));
-        assert_eq!(log.read(a.id, &TopicFilter::All).unwrap().gap, Some(None));
-        let page = log.read(b.id, &TopicFilter::All).unwrap();
+        let page = log.read(Some(a.id), &TopicFilter::All).unwrap();
+        assert_eq!((page.gap, page.scanned, page.end), (Some(None), None, true));
+        let page = log.read(Some(b.id), &TopicFilter::All).unwrap();
         assert!(page.gap.is_none() && page.frames.is_empty());
+        assert_eq!((page.scanned, page.end), (Some(b.id), true));
+        let page = log.read(None, &TopicFilter::All).unwrap();
+        assert!(page.gap.is_none() && page.frames.is_empty() && page.end);
         drop(log);
         let log = open_log(&dir, 0, 1 << 20, Fsync::Always);
         assert!(publish(&log, "t", "3").id > b.id);
@@ -1462,13 +1562,13 @@ mod tests {
         assert!(poll(|| !log.shared.lock().unsynced.is_empty()));
         thread::sleep(Duration::from_millis(50));
         assert!(!appender.is_finished());
-        let page = log.read(first.id, &TopicFilter::All).unwrap();
+        let page = log.read(Some(first.id), &TopicFilter::All).unwrap();
         assert!(page.frames.is_empty() && page.end && page.gap.is_none());
         assert_eq!(log.len(), 1);
         log.shared.lock().hold = false;
         log.shared.flush.notify_all();
         let second = appender.join().unwrap();
-        let page = log.read(first.id, &TopicFilter::All).unwrap();
+        let page = log.read(Some(first.id), &TopicFilter::All).unwrap();
         assert_eq!(page.frames[0].id, second.id);
     }
 
@@ -1629,7 +1729,7 @@ mod tests {
                 st.segments[st.segments.len() / 2].marks[3].0
             };
             let t = Instant::now();
-            let page = log.read(middle, &TopicFilter::All).unwrap();
+            let page = log.read(Some(middle), &TopicFilter::All).unwrap();
             let looked_up = t.elapsed();
             assert_eq!((page.gap, page.frames.len()), (None, PAGE_EVENTS));
             println!(

@@ -1,10 +1,9 @@
 //! Events as values: `EventId` (`<ms>-<seq>`), the id clock, topic and
-//! event-name validation, the topic filter and the encoded `Frame` that every
-//! subscriber shares. Pure values: no I/O, no locks.
+//! event-name validation and the topic filter. Pure values: no I/O, no locks;
+//! the encoded frame is `sse.rs`'s.
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
 
 /// Longest topic or event name, in bytes (SPEC "POST /events").
 pub const MAX_NAME_BYTES: usize = 256;
@@ -131,52 +130,6 @@ impl TopicFilter {
         }
     }
 }
-
-/// A published event before the log gives it an id: what the publisher
-/// sent, checked, and its frame without the `id:` line (`sse::body`),
-/// encoded once outside any lock.
-#[derive(Debug)]
-pub struct Event<'a> {
-    pub topic: &'a str,
-    /// The event type (`event:` field), if any.
-    pub name: Option<&'a str>,
-    pub data: &'a str,
-    pub body: Vec<u8>,
-}
-
-impl<'a> Event<'a> {
-    pub fn new(topic: &'a str, name: Option<&'a str>, data: &'a str) -> Event<'a> {
-        Event {
-            topic,
-            name,
-            data,
-            body: crate::sse::body(name, data),
-        }
-    }
-}
-
-/// One published event, encoded to its wire bytes once; every subscriber and
-/// the history share the same allocation.
-#[derive(Debug)]
-pub struct Frame {
-    pub id: EventId,
-    pub topic: Box<str>,
-    /// The complete event-stream block, `id:` line through the blank line.
-    pub bytes: Box<[u8]>,
-}
-
-impl Frame {
-    /// `event` under its id: the `id:` line in front of its encoded body.
-    pub fn new(id: EventId, event: &Event) -> Frame {
-        Frame {
-            id,
-            topic: event.topic.into(),
-            bytes: crate::sse::frame(id, &event.body),
-        }
-    }
-}
-
-pub type SharedFrame = Arc<Frame>;
 
 #[cfg(test)]
 mod tests {

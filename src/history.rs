@@ -1,55 +1,48 @@
 //! The event log contract and its in-memory implementation: a ring of
-//! recent frames bounded by count and by bytes, answering "events after X for
-//! these topics, or a gap", and the id clock in front of it. No I/O; the hub
-//! calls the in-memory log only under its own lock, and scans replays in
-//! snapshots after letting go of it.
+//! recent frames bounded by count and by bytes, read a page at a time after
+//! an id ("At its own pace"), and the id clock in front of it. No I/O; the
+//! hub appends under its own lock, streams read pages under the ring's.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::event::{Event, EventId, Frame, IdClock, SharedFrame, TopicFilter};
+use crate::event::{EventId, IdClock, TopicFilter};
+use crate::sse::{Event, Frame, SharedFrame};
 
-/// What a reconnecting subscriber is owed.
-#[derive(Debug, Default)]
-pub struct Replay {
-    /// `Some(oldest_available)` when events after the given id may have been
-    /// lost (evicted, or the id is unknown here): the stream opens with an
-    /// `ssehub:gap` event.
-    pub gap: Option<Option<EventId>>,
-    /// Retained frames after the given id that match the topics, oldest first.
-    pub frames: Vec<SharedFrame>,
-}
-
-/// Events per page of `EventLog::read`, and the bytes of frames after which a page stops early
-/// (a page always holds at least one frame if there is one).
+/// A page holds at most this many frames, and stops early once it holds this
+/// many bytes (a page holds at least one frame if one matches): what one
+/// stream keeps while it writes a replay or catches up. The bytes are shared
+/// with the log and every other reader (a local log), so the bound that
+/// matters per stream is the pointers.
 pub const PAGE_EVENTS: usize = 256;
 pub const PAGE_BYTES: usize = 256 * 1024;
-/// Entries a page may look at (matching or not) before it returns, so a read for a rare topic is
-/// bounded too.
+/// Entries one page looks at, matching or not, before it returns: a reader
+/// of a rare topic holds the ring's lock for a bounded time too.
 pub const PAGE_SCAN: usize = 4096;
 
-/// One bounded read of the log.
+/// One bounded read of the log (`EventLog::read`).
 #[derive(Debug, Default)]
 pub struct Page {
-    /// `Some(oldest_available)` when `after` is neither retained nor the last evicted id nor the
-    /// newest id (events after it may have been lost): the reader starts at the oldest retained
-    /// event and a replay opens with `ssehub:gap`. Same rules as today's `Replay::gap`.
+    /// `Some(oldest_available)` when the id read after is neither retained,
+    /// nor the newest, nor the last one evicted: events after it may have
+    /// been lost (evicted, or the id is unknown here). A replay then opens
+    /// with `ssehub:gap`; a stream catching up has fallen off the history.
     pub gap: Option<Option<EventId>>,
-    /// Retained frames after `after` (or after the gap, from the oldest) that match `topics`,
-    /// oldest first; at most PAGE_EVENTS / ~PAGE_BYTES.
+    /// Retained frames after the id that match the topics, oldest first.
     pub frames: Vec<SharedFrame>,
-    /// The id of the last entry this read looked at, matching or not (None if none): the next
-    /// read goes on after it.
+    /// Where the next read goes on from: the last entry this one looked at,
+    /// matching or not, else the newest entry before where it started; None
+    /// when there is none (read from the oldest retained).
     pub scanned: Option<EventId>,
-    /// True when nothing (that may be read yet) follows `scanned` (or `after`): the reader is at
-    /// the live edge.
+    /// Nothing that can be read yet follows `scanned`: the reader is at the
+    /// live edge.
     pub end: bool,
 }
 
-/// Why the log could not be written or read: only a shared log fails, when
-/// its store is out of reach. The text is fit for a client and a log line.
+/// Why the log could not be written or read: a store out of reach, a disk
+/// that refuses writes. The text is fit for a client and a log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogError(pub String);
 
@@ -59,35 +52,31 @@ impl fmt::Display for LogError {
     }
 }
 
-/// Where published events get their id and are kept for replay. The hub
-/// holds one as a trait object: `MemoryLog` for a hub alone, the Redis
-/// stream for several hubs acting as one.
+/// Where published events get their id and are kept for replay and
+/// catch-up. The hub holds one as a trait object: `MemoryLog` for a hub
+/// alone, the Redis stream for several hubs acting as one.
 pub trait EventLog: Send + Sync {
     /// Keeps `event` and returns its frame under the id the log gave it; ids
     /// only grow. Returns once the event is stored.
     fn append(&self, event: &Event) -> Result<SharedFrame, LogError>;
-    /// The frames after `last` that match `topics`, and whether a gap
-    /// precedes them.
-    fn replay(&self, last: EventId, topics: &TopicFilter) -> Result<Replay, LogError>;
-    /// What a local log retains now, cheap to take: the hub takes it in the
-    /// same critical section as a registration and reads it after letting
-    /// go of its lock. A shared log has none (`replay` does I/O).
-    fn snapshot(&self) -> Option<Snapshot> {
-        None
-    }
+    /// One page of what follows `after` (from the oldest retained when None)
+    /// for `topics`.
+    fn read(&self, after: Option<EventId>, topics: &TopicFilter) -> Result<Page, LogError>;
+    /// The oldest retained id: a subscriber whose position is below it can
+    /// no longer catch up.
+    fn oldest(&self) -> Option<EventId>;
     /// How many events are retained now.
     fn len(&self) -> usize;
-    /// True when other processes append to the same log. The hub then calls
-    /// it outside its lock (it does I/O), and events reach this process's
-    /// subscribers through a follower, in the log's order, never from
-    /// `append`.
-    fn shared(&self) -> bool;
-    /// Whether the log can be reached now; a local log always can.
+    /// True when events reach this process's subscribers through a follower
+    /// of the log (`Hub::fan_out_followed`, in the log's order), never from
+    /// `append`; the hub then appends outside its lock (it does I/O).
+    fn followed(&self) -> bool;
+    /// Whether the log can be written now; a memory log always can.
     fn up(&self) -> bool;
 }
 
-/// The log of a hub alone: the id clock and the replay ring. Its lock is
-/// only ever taken inside the hub's, so it is never contended.
+/// The log of a hub alone: the id clock and the replay ring. The hub appends
+/// under its own lock; streams read pages under this one, briefly.
 #[derive(Debug)]
 pub struct MemoryLog {
     state: Mutex<(IdClock, History)>,
@@ -108,7 +97,7 @@ impl MemoryLog {
     }
 }
 
-fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -124,20 +113,19 @@ impl EventLog for MemoryLog {
         Ok(frame)
     }
 
-    fn replay(&self, last: EventId, topics: &TopicFilter) -> Result<Replay, LogError> {
-        let snapshot = self.state().1.snapshot();
-        Ok(snapshot.replay(last, topics))
+    fn read(&self, after: Option<EventId>, topics: &TopicFilter) -> Result<Page, LogError> {
+        Ok(self.state().1.read(after, topics))
     }
 
-    fn snapshot(&self) -> Option<Snapshot> {
-        Some(self.state().1.snapshot())
+    fn oldest(&self) -> Option<EventId> {
+        self.state().1.ring.front().map(|f| f.id)
     }
 
     fn len(&self) -> usize {
-        self.state().1.len()
+        self.state().1.ring.len()
     }
 
-    fn shared(&self) -> bool {
+    fn followed(&self) -> bool {
         false
     }
 
@@ -146,29 +134,11 @@ impl EventLog for MemoryLog {
     }
 }
 
-/// Frames per sealed chunk of the ring: a snapshot copies one pointer per
-/// chunk and the frames of the unsealed one.
-const CHUNK: usize = 64;
-/// Evicted frames the oldest chunk may keep alive, in bytes, before what is
-/// left of it is sealed again without them (also after half a chunk): so
-/// memory stays within `--history-bytes` plus this.
-const RESEAL_BYTES: usize = 64 * 1024;
-
-/// The in-memory replay ring. Frames are kept in sealed, shared chunks and
-/// one open chunk, so that a reader can take a snapshot in a few
-/// microseconds under the hub's lock and scan it after letting go: a
-/// replay of the whole history never holds up publishers.
+/// The in-memory replay ring, oldest first; an evicted frame is freed as
+/// soon as no stream holds it in a page.
 #[derive(Debug)]
 pub struct History {
-    /// Sealed chunks, oldest first, all of `CHUNK` frames but the first,
-    /// which may be shorter and may hold evicted frames in front (`skip`,
-    /// of `skipped_bytes`).
-    sealed: VecDeque<Arc<[SharedFrame]>>,
-    skip: usize,
-    skipped_bytes: usize,
-    /// The newest frames, fewer than `CHUNK`.
-    open: Vec<SharedFrame>,
-    len: usize,
+    ring: VecDeque<SharedFrame>,
     bytes: usize,
     max_events: usize,
     max_bytes: usize,
@@ -184,11 +154,7 @@ impl History {
     /// encoded frames; either bound at 0 disables replay.
     pub fn new(max_events: usize, max_bytes: usize) -> History {
         History {
-            sealed: VecDeque::new(),
-            skip: 0,
-            skipped_bytes: 0,
-            open: Vec::new(),
-            len: 0,
+            ring: VecDeque::new(),
             bytes: 0,
             max_events,
             max_bytes,
@@ -197,139 +163,69 @@ impl History {
         }
     }
 
-    fn evict_oldest(&mut self) {
-        let old = match self.sealed.front_mut() {
-            Some(chunk) => {
-                let old = chunk[self.skip].clone();
-                self.skip += 1;
-                self.skipped_bytes += old.bytes.len();
-                if self.skip == chunk.len() {
-                    self.sealed.pop_front();
-                    (self.skip, self.skipped_bytes) = (0, 0);
-                } else if self.skipped_bytes >= RESEAL_BYTES || self.skip >= CHUNK / 2 {
-                    *chunk = chunk[self.skip..].into();
-                    (self.skip, self.skipped_bytes) = (0, 0);
-                }
-                old
-            }
-            None if self.open.is_empty() => return,
-            None => self.open.remove(0),
-        };
-        self.len -= 1;
-        self.bytes -= old.bytes.len();
-        self.evicted_upto = Some(old.id);
-    }
-
     /// Keeps `frame`; its id is above every id appended before.
     pub fn append(&mut self, frame: SharedFrame) {
         self.newest = Some(frame.id);
         if self.max_events == 0 || frame.bytes.len() > self.max_bytes {
             self.evicted_upto = Some(frame.id);
-            self.sealed.clear();
-            (self.skip, self.skipped_bytes) = (0, 0);
-            self.open.clear();
-            self.len = 0;
+            self.ring.clear();
             self.bytes = 0;
             return;
         }
-        while self.len >= self.max_events || self.bytes + frame.bytes.len() > self.max_bytes {
-            self.evict_oldest();
+        while self.ring.len() >= self.max_events || self.bytes + frame.bytes.len() > self.max_bytes
+        {
+            let Some(old) = self.ring.pop_front() else {
+                break;
+            };
+            self.bytes -= old.bytes.len();
+            self.evicted_upto = Some(old.id);
         }
         self.bytes += frame.bytes.len();
-        self.len += 1;
-        self.open.push(frame);
-        if self.open.len() == CHUNK {
-            let sealed = std::mem::replace(&mut self.open, Vec::with_capacity(CHUNK));
-            self.sealed.push_back(sealed.into());
-        }
+        self.ring.push_back(frame);
     }
 
-    /// What is retained now, to be read later: O(len / CHUNK + CHUNK).
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            sealed: self.sealed.iter().cloned().collect(),
-            skip: self.skip,
-            open: self.open.clone(),
-            newest: self.newest,
-            evicted_upto: self.evicted_upto,
-        }
-    }
-
-    #[cfg(test)]
-    fn replay(&self, last: EventId, topics: &TopicFilter) -> Replay {
-        self.snapshot().replay(last, topics)
-    }
-
-    /// How many events are retained now.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-}
-
-/// The retained frames at one instant (`History::snapshot`).
-#[derive(Debug)]
-pub struct Snapshot {
-    sealed: Vec<Arc<[SharedFrame]>>,
-    skip: usize,
-    open: Vec<SharedFrame>,
-    newest: Option<EventId>,
-    evicted_upto: Option<EventId>,
-}
-
-impl Snapshot {
-    /// Retained frames in the first sealed chunk.
-    fn first(&self) -> usize {
-        self.sealed.first().map_or(0, |c| c.len() - self.skip)
-    }
-
-    fn len(&self) -> usize {
-        self.first() + self.sealed.len().saturating_sub(1) * CHUNK + self.open.len()
-    }
-
-    /// The `i`th retained frame, oldest first.
-    fn get(&self, i: usize) -> &SharedFrame {
-        let first = self.first();
-        if i < first {
-            return &self.sealed[0][self.skip + i];
-        }
-        let i = i - first;
-        match self.sealed.get(1 + i / CHUNK) {
-            Some(chunk) => &chunk[i % CHUNK],
-            None => &self.open[i - self.sealed.len().saturating_sub(1) * CHUNK],
-        }
-    }
-
-    /// The frames after `last` that match `topics`, and whether a gap
-    /// precedes them.
-    pub fn replay(&self, last: EventId, topics: &TopicFilter) -> Replay {
-        if Some(last) == self.newest {
-            return Replay::default();
-        }
-        let len = self.len();
-        // Ids grow: the first frame above `last`, by bisection.
-        let (mut lo, mut hi) = (0, len);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if self.get(mid).id <= last {
-                lo = mid + 1;
-            } else {
-                hi = mid;
+    /// One page after `after` (see `Page`): O(log len + PAGE_SCAN).
+    pub fn read(&self, after: Option<EventId>, topics: &TopicFilter) -> Page {
+        let (start, gap) = match after {
+            None => (0, None),
+            Some(after) if Some(after) == self.newest => {
+                return Page {
+                    scanned: Some(after),
+                    end: true,
+                    ..Page::default()
+                };
             }
-        }
-        let known = lo > 0 && self.get(lo - 1).id == last;
-        let gap = if known || Some(last) == self.evicted_upto {
-            None
-        } else {
-            Some((len > 0).then(|| self.get(0).id))
+            Some(after) => {
+                // Ids grow: the first frame above `after`, by bisection.
+                let start = self.ring.partition_point(|f| f.id <= after);
+                let known = start > 0 && self.ring[start - 1].id == after;
+                let gap = (!known && Some(after) != self.evicted_upto)
+                    .then(|| self.ring.front().map(|f| f.id));
+                (start, gap)
+            }
         };
-        Replay {
+        let mut page = Page {
             gap,
-            frames: (lo..len)
-                .map(|i| self.get(i))
-                .filter(|f| topics.matches(&f.topic))
-                .cloned()
-                .collect(),
+            scanned: start.checked_sub(1).map(|i| self.ring[i].id),
+            ..Page::default()
+        };
+        let mut bytes = 0;
+        let mut at = start;
+        while at < self.ring.len()
+            && at - start < PAGE_SCAN
+            && page.frames.len() < PAGE_EVENTS
+            && bytes < PAGE_BYTES
+        {
+            let f = &self.ring[at];
+            if topics.matches(&f.topic) {
+                bytes += f.bytes.len();
+                page.frames.push(f.clone());
+            }
+            page.scanned = Some(f.id);
+            at += 1;
         }
+        page.end = at == self.ring.len();
+        page
     }
 }
 
@@ -349,14 +245,30 @@ mod tests {
         })
     }
 
-    /// Bytes of every frame the ring keeps alive, evicted ones included.
-    fn held_bytes(h: &History) -> usize {
-        let sealed = h.sealed.iter().flat_map(|c| c.iter());
-        sealed.chain(&h.open).map(|f| f.bytes.len()).sum()
+    fn only(topic: &str) -> TopicFilter {
+        TopicFilter::Only(vec![topic.into()])
     }
 
-    fn ids(r: &Replay) -> Vec<u64> {
-        r.frames.iter().map(|f| f.id.ms).collect()
+    /// Everything after `after`, read a page at a time as a stream reads it:
+    /// the first page's gap and the ms of every frame.
+    fn replay(
+        h: &History,
+        after: EventId,
+        topics: &TopicFilter,
+    ) -> (Option<Option<EventId>>, Vec<u64>) {
+        let first = h.read(Some(after), topics);
+        let gap = first.gap;
+        let mut ids: Vec<u64> = first.frames.iter().map(|f| f.id.ms).collect();
+        let (mut end, mut at) = (first.end, first.scanned);
+        while !end {
+            let page = h.read(at, topics);
+            assert_eq!(page.gap, None, "a gap after {at:?} while paging");
+            assert!(page.frames.len() <= PAGE_EVENTS);
+            ids.extend(page.frames.iter().map(|f| f.id.ms));
+            assert!(page.scanned > at, "no progress after {at:?}");
+            (end, at) = (page.end, page.scanned);
+        }
+        (gap, ids)
     }
 
     fn filled(max_events: usize, max_bytes: usize, n: u64) -> History {
@@ -370,81 +282,105 @@ mod tests {
     #[test]
     fn replays_after_a_retained_id() {
         let h = filled(100, 1 << 20, 5);
-        let r = h.replay(id(2), &TopicFilter::All);
-        assert_eq!(r.gap, None);
-        assert_eq!(ids(&r), [3, 4, 5]);
+        assert_eq!(replay(&h, id(2), &TopicFilter::All), (None, vec![3, 4, 5]));
     }
 
     #[test]
     fn replay_filters_topics() {
         let h = filled(100, 1 << 20, 6);
-        let r = h.replay(id(1), &TopicFilter::Only(vec!["even".into()]));
-        assert_eq!(ids(&r), [2, 4, 6]);
+        assert_eq!(replay(&h, id(1), &only("even")).1, [2, 4, 6]);
     }
 
     #[test]
-    fn newest_id_replays_nothing() {
+    fn newest_id_replays_nothing_and_is_the_edge() {
         let h = filled(100, 1 << 20, 3);
-        let r = h.replay(id(3), &TopicFilter::All);
-        assert_eq!((r.gap, ids(&r)), (None, vec![]));
+        let page = h.read(Some(id(3)), &TopicFilter::All);
+        assert_eq!((page.gap, page.frames.len()), (None, 0));
+        assert_eq!((page.scanned, page.end), (Some(id(3)), true));
     }
 
     #[test]
     fn bounded_by_count() {
         let h = filled(3, 1 << 20, 10);
-        assert_eq!(h.len(), 3);
-        let r = h.replay(id(2), &TopicFilter::All);
-        assert_eq!(r.gap, Some(Some(id(8))));
-        assert_eq!(ids(&r), [8, 9, 10]);
+        assert_eq!(h.ring.len(), 3);
+        assert_eq!(
+            replay(&h, id(2), &TopicFilter::All),
+            (Some(Some(id(8))), vec![8, 9, 10])
+        );
     }
 
     #[test]
     fn bounded_by_bytes() {
         let h = filled(100, 35, 10);
-        assert_eq!(h.len(), 3);
-        assert_eq!(h.bytes, 30);
-        let r = h.replay(id(1), &TopicFilter::All);
-        assert_eq!(r.gap, Some(Some(id(8))));
+        assert_eq!((h.ring.len(), h.bytes), (3, 30));
+        assert_eq!(replay(&h, id(1), &TopicFilter::All).0, Some(Some(id(8))));
     }
 
     #[test]
     fn the_last_evicted_id_is_no_gap() {
         let h = filled(3, 1 << 20, 10);
-        let r = h.replay(id(7), &TopicFilter::All);
-        assert_eq!(r.gap, None);
-        assert_eq!(ids(&r), [8, 9, 10]);
+        assert_eq!(replay(&h, id(7), &TopicFilter::All), (None, vec![8, 9, 10]));
     }
 
     #[test]
     fn unknown_ids_are_gaps() {
         let h = filled(100, 1 << 20, 5);
-        // from the future, or from another hub
-        let r = h.replay(id(99), &TopicFilter::All);
-        assert_eq!((r.gap, ids(&r)), (Some(Some(id(1))), vec![]));
+        // from the future, or from another hub: read on from the newest
+        let page = h.read(Some(id(99)), &TopicFilter::All);
+        assert_eq!((page.gap, page.frames.len()), (Some(Some(id(1))), 0));
+        assert_eq!((page.scanned, page.end), (Some(id(5)), true));
         // between retained ids but never issued here
-        let r = h.replay(EventId { ms: 2, seq: 5 }, &TopicFilter::All);
-        assert_eq!((r.gap, ids(&r)), (Some(Some(id(1))), vec![3, 4, 5]));
+        assert_eq!(
+            replay(&h, EventId { ms: 2, seq: 5 }, &TopicFilter::All),
+            (Some(Some(id(1))), vec![3, 4, 5])
+        );
     }
 
     #[test]
     fn empty_history_is_a_gap_with_nothing_available() {
         let h = History::new(100, 1 << 20);
-        let r = h.replay(id(1), &TopicFilter::All);
-        assert_eq!(r.gap, Some(None));
+        let page = h.read(Some(id(1)), &TopicFilter::All);
+        assert_eq!((page.gap, page.scanned, page.end), (Some(None), None, true));
     }
 
     #[test]
     fn zero_disables_replay() {
         let h = filled(0, 1 << 20, 5);
-        assert_eq!(h.len(), 0);
-        assert_eq!(h.replay(id(2), &TopicFilter::All).gap, Some(None));
-        assert_eq!(h.replay(id(5), &TopicFilter::All).gap, None);
+        assert_eq!(h.ring.len(), 0);
+        assert_eq!(replay(&h, id(2), &TopicFilter::All).0, Some(None));
+        assert_eq!(replay(&h, id(5), &TopicFilter::All).0, None);
         let h = filled(100, 0, 5);
-        assert_eq!(h.len(), 0);
+        assert_eq!(h.ring.len(), 0);
     }
 
-    /// The ring against a plain list of what it should retain, across many
-    /// chunks, evictions by count and by bytes, and every kind of id.
+    #[test]
+    fn pages_are_bounded_by_events_bytes_and_scan() {
+        let mut h = History::new(100_000, 1 << 30);
+        for ms in 1..=10_000 {
+            h.append(frame(ms, if ms == 9_000 { "rare" } else { "odd" }, 100));
+        }
+        let page = h.read(None, &TopicFilter::All);
+        assert_eq!(page.frames.len(), PAGE_EVENTS);
+        assert_eq!(
+            (page.scanned, page.end),
+            (Some(id(PAGE_EVENTS as u64)), false)
+        );
+        // A rare topic: each page looks at PAGE_SCAN entries at most.
+        let page = h.read(None, &only("rare"));
+        assert_eq!(page.frames.len(), 0);
+        assert_eq!(page.scanned, Some(id(PAGE_SCAN as u64)));
+        assert_eq!(replay(&h, id(1), &only("rare")).1, [9_000]);
+        // Large frames: a page stops once it holds PAGE_BYTES.
+        let mut h = History::new(1000, 1 << 30);
+        for ms in 1..=100 {
+            h.append(frame(ms, "odd", 60_000));
+        }
+        let page = h.read(None, &TopicFilter::All);
+        assert_eq!(page.frames.len(), PAGE_BYTES.div_ceil(60_000));
+    }
+
+    /// The ring against a plain list of what it should retain, across
+    /// evictions by count and by bytes, pages, and every kind of id.
     #[test]
     fn agrees_with_a_plain_list() {
         let mut seed = 7u64;
@@ -457,7 +393,7 @@ mod tests {
         for (max_events, max_bytes) in [
             (1, 1 << 20),
             (64, 1 << 20),
-            (200, 1 << 20),
+            (600, 1 << 20),
             (1000, 3000),
             (150, 700),
         ] {
@@ -474,14 +410,10 @@ mod tests {
                     evicted = model.pop_front().unwrap().id.ms;
                 }
                 h.append(f);
-                assert_eq!(h.len(), model.len());
-                let held = held_bytes(&h);
-                assert_eq!(held, h.bytes + h.skipped_bytes);
-                assert!(h.skip < CHUNK / 2 && h.skipped_bytes < RESEAL_BYTES);
+                assert_eq!(h.ring.len(), model.len());
                 if next(10) != 0 {
                     continue;
                 }
-                let snapshot = h.snapshot();
                 let oldest = model.front().unwrap().id.ms;
                 // the newest, retained ids, the last evicted one, ids never
                 // issued (odd), from before the ring and from the future
@@ -495,23 +427,21 @@ mod tests {
                     ms * 2 + 1,
                     0,
                 ] {
-                    let topics = TopicFilter::Only(vec!["even".into()]);
-                    let r = snapshot.replay(id(last), &topics);
+                    let (gap, got) = replay(&h, id(last), &only("even"));
                     let want: Vec<u64> = model
                         .iter()
                         .filter(|f| f.id.ms > last && &*f.topic == "even")
                         .map(|f| f.id.ms)
                         .collect();
                     assert_eq!(
-                        ids(&r),
-                        want,
+                        got, want,
                         "after {last}, ring {max_events}/{max_bytes} at {ms}"
                     );
                     let no_gap = last == ms * 2
                         || (last > 0 && last == evicted)
                         || model.iter().any(|f| f.id.ms == last);
-                    assert_eq!(r.gap.is_none(), no_gap, "after {last} at {ms}");
-                    if let Some(gap) = r.gap {
+                    assert_eq!(gap.is_none(), no_gap, "after {last} at {ms}");
+                    if let Some(gap) = gap {
                         assert_eq!(gap, Some(id(oldest)));
                     }
                 }
@@ -520,42 +450,11 @@ mod tests {
     }
 
     #[test]
-    fn evicted_events_do_not_stay_in_memory() {
-        // 128 events of 8 KiB fit: two chunks, evicted from the front.
-        let mut h = History::new(10_000, 1 << 20);
-        for ms in 1..=2000 {
-            h.append(frame(ms, "odd", 8 * 1024));
-            let held = held_bytes(&h);
-            assert!(held < (1 << 20) + RESEAL_BYTES, "{held} bytes held at {ms}");
-        }
-        assert_eq!(h.len(), 128);
-        assert_eq!(
-            ids(&h.replay(id(1996), &TopicFilter::All)),
-            [1997, 1998, 1999, 2000]
-        );
-    }
-
-    #[test]
-    fn a_snapshot_is_not_changed_by_later_appends() {
-        let mut h = filled(100, 1 << 20, 150);
-        let before = h.snapshot();
-        for ms in 151..=400 {
-            h.append(frame(ms, "odd", 10));
-        }
-        let r = before.replay(id(140), &TopicFilter::All);
-        assert_eq!(ids(&r), (141..=150).collect::<Vec<_>>());
-        assert_eq!(
-            ids(&h.replay(id(390), &TopicFilter::All)),
-            (391..=400).collect::<Vec<_>>()
-        );
-    }
-
-    #[test]
     fn an_event_larger_than_the_byte_bound_empties_the_ring() {
         let mut h = filled(100, 25, 2);
         h.append(frame(3, "odd", 30));
-        assert_eq!(h.len(), 0);
-        assert_eq!(h.replay(id(2), &TopicFilter::All).gap, Some(None));
-        assert_eq!(h.replay(id(3), &TopicFilter::All).gap, None);
+        assert_eq!(h.ring.len(), 0);
+        assert_eq!(replay(&h, id(2), &TopicFilter::All).0, Some(None));
+        assert_eq!(replay(&h, id(3), &TopicFilter::All).0, None);
     }
 }

@@ -319,7 +319,7 @@ fn with_cors(reply: Reply, app: &App) -> Reply {
 /// The CORS fields of every `/events` answer, streams included: the allowed
 /// origin, and `Vary: Origin` unless it is `*` (the answer then differs by
 /// origin for caches).
-pub fn cors_fields(origin: Option<&str>) -> impl Iterator<Item = (&'static str, &str)> {
+fn cors_fields(origin: Option<&str>) -> impl Iterator<Item = (&'static str, &str)> {
     let vary = origin.filter(|o| *o != "*").map(|_| ("Vary", "Origin"));
     origin
         .map(|o| ("Access-Control-Allow-Origin", o))
@@ -645,26 +645,25 @@ fn subscribe(
     })();
     let refusal = match checked {
         Ok((topics, last)) => {
+            let fields: Vec<(&'static str, String)> =
+                cors_fields(app.config.cors_origin.as_deref())
+                    .map(|(name, value)| (name, value.to_string()))
+                    .collect();
             let params = StreamParams {
                 http10: head.http10,
                 retry_ms: app.config.retry_ms,
                 heartbeat: app.config.heartbeat,
-                cors_origin: app.config.cors_origin.as_deref(),
+                fields: &fields,
                 last_event_id: last,
+                expires: None,
                 hangups: &app.hangups,
             };
-            match app.hub.subscribe(topics, last) {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&conn.stream);
+            match app.hub.subscribe(topics, last, fd) {
                 Ok(sub) => {
                     log::debug!("stream opened ({} open)", app.hub.gauges().subscribers);
                     stream::serve(conn.into_stream(), sub, &params);
                     log::debug!("stream closed");
-                    return None;
-                }
-                Err(SubscribeError::Unavailable(e)) => {
-                    // Not a 503: EventSource never retries after one, and this
-                    // client only needs to come back a little later.
-                    log::info!("replay unavailable ({e}): the stream ends at once, to be retried");
-                    stream::retry_later(conn.into_stream(), &params);
                     return None;
                 }
                 Err(SubscribeError::Full) => Refusal {
@@ -672,11 +671,12 @@ fn subscribe(
                     close: true,
                     ..Refusal::new(503, "too many subscribers")
                 },
-                Err(SubscribeError::Closed) => Refusal {
-                    retry_after: true,
-                    close: true,
-                    ..Refusal::new(503, "shutting down")
-                },
+                Err(SubscribeError::Closed) => {
+                    // Not a 503: EventSource never retries after one, and
+                    // this client should reconnect to the next hub.
+                    stream::retry_later(conn.into_stream(), &params);
+                    return None;
+                }
             }
         }
         Err(refusal) => refusal,

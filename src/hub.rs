@@ -1,41 +1,38 @@
 //! The registry of subscribers behind one mutex, the event log, and the
-//! hub's three verbs: `publish`, `subscribe`, `close`. Fans out with a
-//! non-blocking send per subscriber; never writes to a socket, never sees
-//! HTTP types, never blocks while holding the lock (a shared log's I/O
-//! happens outside it).
+//! hub's verbs: `publish`, `subscribe`, `close`. Fans out with a
+//! non-blocking send per subscriber and never waits for one: a subscriber
+//! whose queue is full is marked behind and reads the log itself
+//! (`stream.rs`). Never writes to a socket, never sees HTTP types, never
+//! blocks while holding the lock (a followed log's I/O happens outside it).
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::event::{Event, EventId, SharedFrame, TopicFilter};
-use crate::history::{EventLog, LogError, Replay};
+use crate::event::{EventId, TopicFilter};
+use crate::history::{EventLog, LogError, Page};
 use crate::metrics::{Gauges, Metrics};
-
-/// How often a throttled publish looks again at the queues it filled, how
-/// long it waits for them to shrink at all, and how long at most (see
-/// `let_streams_catch_up`).
-const CATCH_UP_STEP: Duration = Duration::from_millis(1);
-// Stream threads at nice 19 can wait this long for a CPU on a busy machine:
-// with 100 ms, starved streams were taken for stuck and evicted in one
-// make bench run of four (100 subscribers, 2.9 M deliveries lost). A stuck
-// one costs a single publish this much, then none waits for it.
-const CATCH_UP_STALL: Duration = Duration::from_millis(250);
-const CATCH_UP_MAX: Duration = Duration::from_secs(1);
+use crate::sse::{Event, SharedFrame};
 
 /// Limits the hub enforces.
 #[derive(Clone, Copy, Debug)]
 pub struct HubLimits {
     pub max_subscribers: usize,
+    /// Frames queued for one subscriber before it is marked behind.
     pub client_queue: usize,
 }
 
 pub struct Hub {
     inner: Mutex<Inner>,
     log: Box<dyn EventLog>,
+    /// Subscriptions whose thread has not ended yet (registered or not):
+    /// what `--max-subscribers` bounds and shutdown waits for.
+    streams: AtomicUsize,
+    /// Subscribers in the registry: `ssehub_subscribers`.
+    registered: AtomicUsize,
     /// Signalled whenever a subscription ends, for shutdown to wait on.
     stream_ended: Condvar,
     limits: HubLimits,
@@ -45,76 +42,21 @@ pub struct Hub {
 struct Inner {
     subscribers: Vec<Subscriber>,
     next_key: u64,
-    /// Subscriptions alive (registered, or evicted and still ending).
-    streams: usize,
     closed: bool,
+    /// The newest id fanned out: a subscriber registered now gets every
+    /// event after it through its queue, or from the log.
+    edge: Option<EventId>,
 }
 
 struct Subscriber {
     key: u64,
-    topics: TopicFilter,
+    topics: Arc<TopicFilter>,
     tx: Sender<SharedFrame>,
-    /// A second handle on its queue, so a throttled publisher can watch the
-    /// queue drain without taking the hub lock.
-    watch: Receiver<SharedFrame>,
     shared: Arc<Shared>,
-    /// Its queue stopped shrinking while a publish waited for it: taken for
-    /// stuck, publishes no longer wait for it until it catches up.
-    stalled: bool,
-}
-
-/// A receiver of an event that was well behind when it was queued.
-struct Laggard {
-    key: u64,
-    queue: Receiver<SharedFrame>,
-    shared: Arc<Shared>,
-}
-
-/// The receivers of one event that are behind, for `let_streams_catch_up`.
-#[derive(Default)]
-struct Laggards {
-    deepest: usize,
-    list: Vec<Laggard>,
-}
-
-impl Laggards {
-    /// Notes `s`, which has `depth` events queued with the new one, if it is
-    /// over a quarter of `queue` behind, not taken for stuck and not blocked
-    /// on its client.
-    fn note(&mut self, s: &Subscriber, depth: usize, queue: usize) {
-        if !s.stalled && depth > queue / 4 && !s.shared.blocked.load(Ordering::Relaxed) {
-            self.deepest = self.deepest.max(depth);
-            self.list.push(Laggard {
-                key: s.key,
-                queue: s.watch.clone(),
-                shared: s.shared.clone(),
-            });
-        }
-    }
-
-    /// The ones to wait for: all of them once one is more than half of
-    /// `queue` behind, else none.
-    fn worth_waiting_for(mut self, queue: usize) -> Vec<Laggard> {
-        if self.deepest <= queue / 2 {
-            self.list.clear();
-        }
-        self.list
-    }
-}
-
-impl Laggard {
-    /// Events still queued, or 0 once the hub has let go of it or while
-    /// its client is what holds it up (waiting for that would let one slow
-    /// reader pace every publisher; eviction deals with it instead).
-    fn backlog(&self) -> usize {
-        if self.shared.state.load(Ordering::Relaxed) == LIVE
-            && !self.shared.blocked.load(Ordering::Relaxed)
-        {
-            self.queue.len()
-        } else {
-            0
-        }
-    }
+    /// Its socket, shut down by the hub to end a stream whose thread waits
+    /// on its client. Valid while the subscriber is registered: the stream
+    /// closes it only after its `Subscription` has left the registry.
+    fd: RawFd,
 }
 
 /// What a subscriber's stream thread and the hub both see.
@@ -122,43 +64,27 @@ impl Laggard {
 struct Shared {
     /// `LIVE`, or why the hub let go.
     state: AtomicU8,
-    /// The stream thread waits for room in its socket: its client is not
-    /// taking data as fast as it comes.
+    /// Its queue overflowed: frames were not queued, read the log.
+    behind: AtomicBool,
+    /// The thread waits for room in its socket.
     blocked: AtomicBool,
+    /// The millisecond of the last id written (`u64::MAX` before any):
+    /// below the log's oldest, the subscriber can no longer catch up.
+    position_ms: AtomicU64,
 }
 
 const LIVE: u8 = 0;
 const RELEASED: u8 = 1;
 const GONE: u8 = 2;
 
-/// A stream thread that is not blocked on its client but merely waiting for a
-/// CPU (they run at the lowest priority) may fall this many times
-/// `--client-queue` behind before it is evicted anyway.
-const STARVED_FACTOR: usize = 4;
-
-impl Subscriber {
-    /// Marks why the hub let go; dropping the subscriber then drops its
-    /// sender, which wakes the stream thread.
-    fn end(&self, why: u8) {
-        self.shared.state.store(why, Ordering::Release);
-    }
-
-    /// Too far behind: `--client-queue` events queued while its client is
-    /// not taking data, or far more than that in any case.
-    fn behind(&self, queued: usize, queue: usize) -> bool {
-        queued >= queue
-            && (self.shared.blocked.load(Ordering::Relaxed)
-                || queued >= queue.saturating_mul(STARVED_FACTOR))
-    }
-}
-
 /// Why the hub let go of a subscriber.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub enum Ending {
-    /// Evicted for being too slow, or the hub is shutting down: the stream
-    /// should end properly.
+    /// The hub is shutting down, or the log lost events the stream needs:
+    /// the stream should end properly, and its client reconnect.
     Released,
-    /// The client closed or reset the connection: nothing more to write.
+    /// The client went away, or the hub gave up on it: nothing more to
+    /// write.
     Gone,
 }
 
@@ -176,9 +102,6 @@ pub enum SubscribeError {
     Full,
     /// The hub is shutting down.
     Closed,
-    /// A replay was asked for and the shared log is out of reach; the
-    /// subscriber was not registered.
-    Unavailable(LogError),
 }
 
 /// Why a publish was refused.
@@ -186,23 +109,25 @@ pub enum SubscribeError {
 pub enum PublishError {
     /// The hub is shutting down.
     Closed,
-    /// The shared log is out of reach; nothing was published.
+    /// The log cannot be written; nothing was published.
     Unavailable(LogError),
 }
 
-/// A registered subscriber: its queue and what it is owed from the log.
-/// Dropping it removes the subscriber from the registry.
+/// A registered subscriber: its queue, its topics and where it reads the log
+/// from. Dropping it removes the subscriber from the registry.
 pub struct Subscription<'a> {
     hub: &'a Hub,
     key: u64,
     pub rx: Receiver<SharedFrame>,
-    pub replay: Replay,
+    pub topics: Arc<TopicFilter>,
+    /// The id after which this subscriber is owed every event: the given
+    /// last event id, or the newest id fanned out when it registered.
+    pub start: Option<EventId>,
     shared: Arc<Shared>,
 }
 
 impl Subscription<'_> {
-    /// Set once the hub has let go of this subscriber: its stream should end
-    /// now, without writing what is still queued.
+    /// Set once the hub has let go of this subscriber.
     pub fn ended(&self) -> Option<Ending> {
         match self.shared.state.load(Ordering::Acquire) {
             LIVE => None,
@@ -211,11 +136,34 @@ impl Subscription<'_> {
         }
     }
 
-    /// Tells the hub whether the stream thread waits for room in its
-    /// socket. One that does while events pile up is evicted, and
-    /// publishers do not wait for it to catch up.
+    /// True once since the hub last found its queue full: the frames it
+    /// could not queue are in the log.
+    pub fn take_behind(&self) -> bool {
+        self.shared.behind.swap(false, Ordering::AcqRel)
+    }
+
+    /// Tells the hub whether the thread waits for room in its socket.
     pub fn set_blocked(&self, blocked: bool) {
-        self.shared.blocked.store(blocked, Ordering::Relaxed);
+        self.shared.blocked.store(blocked, Ordering::Release);
+    }
+
+    /// Records the last id written to the client.
+    pub fn set_position(&self, id: EventId) {
+        self.shared.position_ms.store(id.ms, Ordering::Relaxed);
+    }
+
+    /// One page of the log after `after` for this subscriber's topics.
+    pub fn read(&self, after: Option<EventId>) -> Result<Page, LogError> {
+        self.hub.log.read(after, &self.topics)
+    }
+
+    /// The stream gives up on its client (it fell off the history, or took
+    /// no data for two heartbeats): out of the registry and counted as
+    /// evicted now, before its thread has closed the socket.
+    pub fn evict(&self) {
+        if self.hub.unregister(self.key, GONE) {
+            Metrics::add(&self.hub.metrics.evicted, 1);
+        }
     }
 
     /// Identifies this subscriber to `Hub::hang_up`.
@@ -230,11 +178,9 @@ impl Subscription<'_> {
 
 impl Drop for Subscription<'_> {
     fn drop(&mut self) {
-        let mut inner = self.hub.lock();
-        if let Some(i) = inner.subscribers.iter().position(|s| s.key == self.key) {
-            inner.subscribers.swap_remove(i);
-        }
-        inner.streams -= 1;
+        self.hub.unregister(self.key, GONE);
+        let inner = self.hub.lock();
+        self.hub.streams.fetch_sub(1, Ordering::AcqRel);
         drop(inner);
         self.hub.stream_ended.notify_all();
     }
@@ -246,10 +192,12 @@ impl Hub {
             inner: Mutex::new(Inner {
                 subscribers: Vec::new(),
                 next_key: 0,
-                streams: 0,
                 closed: false,
+                edge: None,
             }),
             log,
+            streams: AtomicUsize::new(0),
+            registered: AtomicUsize::new(0),
             stream_ended: Condvar::new(),
             limits,
             metrics: Metrics::default(),
@@ -264,8 +212,11 @@ impl Hub {
     }
 
     /// Appends the event to the log, which gives it its id, and queues it
-    /// for every matching subscriber. A subscriber already `client_queue`
-    /// events behind is evicted instead; one whose stream is gone is pruned.
+    /// for every matching subscriber. With a followed log the event is
+    /// appended outside the lock and reaches subscribers through the
+    /// follower (`fan_out_followed`), so this process delivers it in the
+    /// log's order; `receivers` then counts the matching subscribers
+    /// registered when the log accepted it.
     pub fn publish(
         &self,
         topic: &str,
@@ -273,227 +224,173 @@ impl Hub {
         data: &str,
     ) -> Result<Published, PublishError> {
         let event = Event::new(topic, name, data);
-        if self.log.shared() {
-            return self.publish_shared(&event);
-        }
-        let mut inner = self.lock();
-        if inner.closed {
-            return Err(PublishError::Closed);
-        }
-        let frame = self.log.append(&event).map_err(PublishError::Unavailable)?;
-        let (receivers, laggards) = self.fan_out(&mut inner, &frame);
-        drop(inner);
-        Metrics::add(&self.metrics.published, 1);
-        self.let_streams_catch_up(laggards);
-        Ok(Published {
-            id: frame.id,
-            receivers,
-        })
-    }
-
-    /// With a shared log the event is appended outside the lock and comes
-    /// back through the follower (`fan_out_followed`), so this process
-    /// delivers it in the same order as every other one. `receivers` counts
-    /// the matching subscribers registered when the log accepted it. The
-    /// publisher is held back as by `publish` while they are behind.
-    fn publish_shared(&self, event: &Event) -> Result<Published, PublishError> {
-        if self.lock().closed {
-            return Err(PublishError::Closed);
-        }
-        let frame = self.log.append(event).map_err(PublishError::Unavailable)?;
-        let queue = self.limits.client_queue;
-        let mut receivers = 0;
-        let mut laggards = Laggards::default();
-        for s in self.lock().subscribers.iter() {
-            if s.topics.matches(event.topic) {
-                receivers += 1;
-                laggards.note(s, s.tx.len() + 1, queue);
+        let (id, receivers) = if self.log.followed() {
+            if self.lock().closed {
+                return Err(PublishError::Closed);
             }
-        }
+            let frame = self.log.append(&event).map_err(PublishError::Unavailable)?;
+            let inner = self.lock();
+            let receivers = inner
+                .subscribers
+                .iter()
+                .filter(|s| s.topics.matches(topic))
+                .count();
+            (frame.id, receivers)
+        } else {
+            let mut inner = self.lock();
+            if inner.closed {
+                return Err(PublishError::Closed);
+            }
+            let frame = self.log.append(&event).map_err(PublishError::Unavailable)?;
+            let (receivers, evicted) = self.fan_out(&mut inner, &frame);
+            drop(inner);
+            self.count_evicted(evicted);
+            (frame.id, receivers)
+        };
         Metrics::add(&self.metrics.published, 1);
-        self.let_streams_catch_up(laggards.worth_waiting_for(queue));
-        Ok(Published {
-            id: frame.id,
-            receivers,
-        })
+        Ok(Published { id, receivers })
     }
 
-    /// Queues frames read from a shared log, oldest first, for every
-    /// matching subscriber, as `publish` does for a local one, and waits as
-    /// it does while they are behind: the follower then reads on later, and
-    /// the shared log holds what the queues would have. The lock is taken
-    /// per frame so subscribers can register in between.
+    /// Queues frames read from a followed log, oldest first, for every
+    /// matching subscriber, as `publish` does for a local one. The lock is
+    /// taken per frame so subscribers can register in between.
     pub fn fan_out_followed(&self, frames: &[SharedFrame]) {
         for frame in frames {
             let mut inner = self.lock();
-            let (_, laggards) = self.fan_out(&mut inner, frame);
+            let (_, evicted) = self.fan_out(&mut inner, frame);
             drop(inner);
-            self.let_streams_catch_up(laggards);
+            self.count_evicted(evicted);
         }
     }
 
     /// Ends every open stream without closing the hub: their clients
     /// reconnect with their last id and replay, or learn of a gap. For when
-    /// the follower may have missed events of a shared log.
+    /// the follower may have missed events of a followed log.
     pub fn end_streams(&self) -> usize {
         let mut inner = self.lock();
         let ended = inner.subscribers.len();
         for s in inner.subscribers.drain(..) {
-            s.end(RELEASED);
+            s.shared.state.store(RELEASED, Ordering::Release);
         }
-        drop(inner);
-        Metrics::add(&self.metrics.evicted, ended as u64);
+        self.registered.fetch_sub(ended, Ordering::AcqRel);
         ended
     }
 
-    /// Queues `frame` for every matching subscriber; returns how many got
-    /// it and, when one not taken for stuck is more than half of
-    /// `--client-queue` behind, every such receiver over a quarter behind.
-    fn fan_out(&self, inner: &mut Inner, frame: &SharedFrame) -> (usize, Vec<Laggard>) {
-        let mut receivers = 0;
-        let mut laggards = Laggards::default();
-        let mut evicted = 0;
+    /// Queues `frame` for every matching subscriber; returns how many it
+    /// reached (queued, or marked behind to read it from the log) and how
+    /// many were evicted. Never waits: a full queue marks its subscriber
+    /// behind. One that is also stuck in a write to its client while its
+    /// position fell below the oldest retained event can never catch up:
+    /// its socket is shut down so its thread returns at once.
+    fn fan_out(&self, inner: &mut Inner, frame: &SharedFrame) -> (usize, u64) {
+        inner.edge = Some(frame.id);
         let queue = self.limits.client_queue;
-        inner.subscribers.retain_mut(|s| {
+        let mut receivers = 0;
+        let mut evicted = 0;
+        let mut oldest = None;
+        inner.subscribers.retain(|s| {
             if !s.topics.matches(&frame.topic) {
                 return true;
             }
-            let queued = s.tx.len();
-            if s.behind(queued, queue) {
-                s.end(RELEASED);
-                evicted += 1;
-                return false;
+            if s.tx.len() >= queue {
+                s.shared.behind.store(true, Ordering::Release);
+                if s.shared.blocked.load(Ordering::Acquire) {
+                    let oldest = *oldest.get_or_insert_with(|| self.log.oldest());
+                    let position = s.shared.position_ms.load(Ordering::Relaxed);
+                    if oldest.is_some_and(|o| position < o.ms) {
+                        s.shared.state.store(GONE, Ordering::Release);
+                        // SAFETY: shutdown on a socket the stream keeps open
+                        // while it is registered (see `Subscriber::fd`).
+                        unsafe { libc::shutdown(s.fd, libc::SHUT_RDWR) };
+                        evicted += 1;
+                        return false;
+                    }
+                }
+                receivers += 1;
+                return true;
             }
-            let depth = queued + 1;
+            // Unbounded: fails only when its stream is gone, to be pruned.
             if s.tx.send(frame.clone()).is_err() {
                 return false;
             }
             receivers += 1;
-            if s.stalled && depth <= queue / 4 {
-                s.stalled = false;
-            }
-            laggards.note(s, depth, queue);
             true
         });
         if evicted > 0 {
+            self.registered
+                .fetch_sub(evicted as usize, Ordering::AcqRel);
+        }
+        (receivers, evicted)
+    }
+
+    fn count_evicted(&self, evicted: u64) {
+        if evicted > 0 {
             Metrics::add(&self.metrics.evicted, evicted);
-            log::debug!("evicted {evicted} subscribers more than {queue} events behind");
-        }
-        (receivers, laggards.worth_waiting_for(queue))
-    }
-
-    /// Backpressure on publishers, and on the follower of a shared log
-    /// (`fan_out_followed`). Stream threads run at the lowest
-    /// priority (stream.rs), so publishers at full speed can queue events
-    /// faster than the streams write them, until subscribers are evicted
-    /// (measured: 100 of 100 within 0.1 s at the maximum publish rate). So
-    /// when a receiver of an event is more than half of `--client-queue`
-    /// behind, its publish is answered only once every receiver is back
-    /// under a quarter, for at most `CATCH_UP_MAX`, and only while those
-    /// behind keep catching up: after `CATCH_UP_STALL` without progress
-    /// they are taken for stuck rather than starved, no publish waits for
-    /// them again until they catch up, and eviction deals with them. A
-    /// subscriber whose client is not reading never slows a publisher for
-    /// longer than that. The queues are watched without the hub lock, so
-    /// throttled publishers do not slow fan-out down.
-    fn let_streams_catch_up(&self, laggards: Vec<Laggard>) {
-        if laggards.is_empty() {
-            return;
-        }
-        let low = self.limits.client_queue / 4;
-        let start = Instant::now();
-        let mut least = usize::MAX;
-        let mut progress_at = start;
-        loop {
-            thread::sleep(CATCH_UP_STEP);
-            let backlog: usize = laggards
-                .iter()
-                .map(Laggard::backlog)
-                .filter(|n| *n > low)
-                .sum();
-            if backlog == 0 {
-                return;
-            }
-            let now = Instant::now();
-            if backlog < least {
-                least = backlog;
-                progress_at = now;
-            }
-            if now - progress_at >= CATCH_UP_STALL {
-                let stuck: Vec<u64> = laggards
-                    .iter()
-                    .filter(|l| l.backlog() > low)
-                    .map(|l| l.key)
-                    .collect();
-                let mut inner = self.lock();
-                for s in inner.subscribers.iter_mut() {
-                    if stuck.contains(&s.key) {
-                        s.stalled = true;
-                    }
-                }
-                return;
-            }
-            if now - start >= CATCH_UP_MAX {
-                return;
-            }
+            log::debug!("evicted {evicted} subscribers that fell off the history");
         }
     }
 
-    /// Registers a subscriber and takes what the log owes it after `last`.
-    /// A local log's snapshot is taken in the same critical section, so
-    /// every event is either in the replay or in the queue, never both and
-    /// never neither; it is scanned after the lock is let go, so a replay of
-    /// the whole history does not hold up publishers. A shared log is read
-    /// after registering, outside the lock: an event can then be in both,
-    /// and the stream skips queued frames not above the last replayed one
-    /// (ids only grow).
+    /// Registers a subscriber for `topics`, owed every event after `last`
+    /// (a replay, read from the log by its stream), or after the newest
+    /// event fanned out. Registration and that position are taken in one
+    /// critical section, and ids only grow, so every later event reaches it
+    /// either through its queue or from the log. `fd` is its socket.
     pub fn subscribe(
         &self,
         topics: TopicFilter,
         last: Option<EventId>,
+        fd: RawFd,
     ) -> Result<Subscription<'_>, SubscribeError> {
         let mut inner = self.lock();
         if inner.closed {
             return Err(SubscribeError::Closed);
         }
-        if inner.streams >= self.limits.max_subscribers {
+        if self.streams.load(Ordering::Acquire) >= self.limits.max_subscribers {
             return Err(SubscribeError::Full);
         }
-        // None for a shared log, which is read below instead.
-        let snapshot = last.and_then(|_| self.log.snapshot());
-        let replay_later = last.map(|last| (last, topics.clone()));
+        // An unbounded channel allocates as frames arrive, where a bounded
+        // one would hold --client-queue slots per idle stream; the bound is
+        // `fan_out`'s length check.
         let (tx, rx) = crossbeam_channel::unbounded();
-        let shared = Arc::new(Shared::default());
+        let topics = Arc::new(topics);
+        let shared = Arc::new(Shared {
+            position_ms: AtomicU64::new(u64::MAX),
+            ..Shared::default()
+        });
         let key = inner.next_key;
         inner.next_key += 1;
-        inner.streams += 1;
+        self.streams.fetch_add(1, Ordering::AcqRel);
+        self.registered.fetch_add(1, Ordering::AcqRel);
         inner.subscribers.push(Subscriber {
             key,
-            topics,
+            topics: topics.clone(),
             tx,
-            watch: rx.clone(),
             shared: shared.clone(),
-            stalled: false,
+            fd,
         });
+        let start = last.or(inner.edge);
         drop(inner);
-        let mut sub = Subscription {
+        Ok(Subscription {
             hub: self,
             key,
             rx,
-            replay: Replay::default(),
+            topics,
+            start,
             shared,
+        })
+    }
+
+    /// Takes subscriber `key` out of the registry, marked `why`; false when
+    /// it was not there any more.
+    fn unregister(&self, key: u64, why: u8) -> bool {
+        let mut inner = self.lock();
+        let Some(i) = inner.subscribers.iter().position(|s| s.key == key) else {
+            return false;
         };
-        if let Some((last, topics)) = replay_later {
-            sub.replay = match snapshot {
-                Some(snapshot) => snapshot.replay(last, &topics),
-                // On failure `sub` is dropped, which unregisters it.
-                None => self
-                    .log
-                    .replay(last, &topics)
-                    .map_err(SubscribeError::Unavailable)?,
-            };
-        }
-        Ok(sub)
+        let s = inner.subscribers.swap_remove(i);
+        s.shared.state.store(why, Ordering::Release);
+        self.registered.fetch_sub(1, Ordering::AcqRel);
+        true
     }
 
     /// Ends every stream (each writes its stream end and returns) and
@@ -501,18 +398,17 @@ impl Hub {
     pub fn close(&self) {
         let mut inner = self.lock();
         inner.closed = true;
+        let ended = inner.subscribers.len();
         for s in inner.subscribers.drain(..) {
-            s.end(RELEASED);
+            s.shared.state.store(RELEASED, Ordering::Release);
         }
+        self.registered.fetch_sub(ended, Ordering::AcqRel);
     }
 
     /// The client of subscriber `key` went away: let go of it now rather
     /// than at its next heartbeat.
     pub fn hang_up(&self, key: u64) {
-        let mut inner = self.lock();
-        if let Some(i) = inner.subscribers.iter().position(|s| s.key == key) {
-            inner.subscribers.swap_remove(i).end(GONE);
-        }
+        self.unregister(key, GONE);
     }
 
     /// Waits until every subscription has ended or `timeout` has passed;
@@ -520,7 +416,7 @@ impl Hub {
     pub fn wait_streams_ended(&self, timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
         let mut inner = self.lock();
-        while inner.streams > 0 {
+        while self.streams.load(Ordering::Acquire) > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -531,21 +427,21 @@ impl Hub {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        inner.streams
+        drop(inner);
+        self.streams.load(Ordering::Acquire)
     }
 
-    /// The gauges for `/metrics`, read together.
+    /// The gauges for `/metrics`.
     pub fn gauges(&self) -> Gauges {
-        let inner = self.lock();
         Gauges {
-            subscribers: inner.streams,
+            subscribers: self.registered.load(Ordering::Acquire),
             history_events: self.log.len(),
             max_subscribers: self.limits.max_subscribers,
-            log_up: self.log.shared().then(|| self.log.up()),
+            log_up: self.log.followed().then(|| self.log.up()),
         }
     }
 
-    /// Whether the event log can be reached now (always, for a local log).
+    /// Whether the event log can be written now (always, for a memory log).
     pub fn log_up(&self) -> bool {
         self.log.up()
     }
@@ -566,13 +462,17 @@ mod tests {
         )
     }
 
+    fn all() -> TopicFilter {
+        TopicFilter::All
+    }
+
     #[test]
     fn publish_reaches_matching_subscribers_only() {
         let hub = hub(10, 10);
         let a = hub
-            .subscribe(TopicFilter::Only(vec!["a".into()]), None)
+            .subscribe(TopicFilter::Only(vec!["a".into()]), None, -1)
             .unwrap();
-        let all = hub.subscribe(TopicFilter::All, None).unwrap();
+        let all = hub.subscribe(all(), None, -1).unwrap();
         let p = hub.publish("b", None, "x").unwrap();
         assert_eq!(p.receivers, 1);
         assert!(a.rx.try_recv().is_err());
@@ -582,140 +482,128 @@ mod tests {
     #[test]
     fn max_subscribers_is_enforced_and_freed_on_drop() {
         let hub = hub(1, 10);
-        let first = hub.subscribe(TopicFilter::All, None).unwrap();
+        let first = hub.subscribe(all(), None, -1).unwrap();
         assert_eq!(
-            hub.subscribe(TopicFilter::All, None).err(),
+            hub.subscribe(all(), None, -1).err(),
             Some(SubscribeError::Full)
         );
         drop(first);
-        assert!(hub.subscribe(TopicFilter::All, None).is_ok());
+        assert!(hub.subscribe(all(), None, -1).is_ok());
     }
 
     #[test]
-    fn a_subscriber_blocked_on_its_client_is_evicted() {
+    fn a_full_queue_marks_behind_and_never_evicts_or_waits() {
         let hub = hub(10, 2);
-        let slow = hub.subscribe(TopicFilter::All, None).unwrap();
-        slow.set_blocked(true);
-        for _ in 0..2 {
+        let slow = hub.subscribe(all(), None, -1).unwrap();
+        let started = Instant::now();
+        for _ in 0..50 {
             assert_eq!(hub.publish("t", None, "x").unwrap().receivers, 1);
         }
+        assert!(started.elapsed() < Duration::from_millis(100));
+        assert_eq!(slow.rx.len(), 2);
         assert_eq!(slow.ended(), None);
-        assert_eq!(hub.publish("t", None, "x").unwrap().receivers, 0);
-        assert_eq!(slow.ended(), Some(Ending::Released));
-        assert_eq!(hub.metrics.evicted.load(Ordering::Relaxed), 1);
+        assert!(slow.take_behind());
+        assert!(!slow.take_behind(), "behind is taken once");
+        // What was not queued is in the log after the last queued frame.
+        let second = slow.rx.try_iter().last().unwrap();
+        let page = slow.read(Some(second.id)).unwrap();
+        assert_eq!((page.gap, page.frames.len(), page.end), (None, 48, true));
+        assert_eq!(hub.metrics.evicted.load(Ordering::Relaxed), 0);
     }
 
     #[test]
-    fn subscribe_takes_the_replay_and_registers_together() {
-        let hub = hub(10, 10);
-        let first = hub.publish("t", None, "1").unwrap().id;
-        hub.publish("t", None, "2").unwrap();
-        let sub = hub.subscribe(TopicFilter::All, Some(first)).unwrap();
-        hub.publish("t", None, "3").unwrap();
-        assert_eq!(sub.replay.frames.len(), 1);
-        assert_eq!(sub.rx.len(), 1);
-        assert!(sub.replay.frames[0].id < sub.rx.try_recv().unwrap().id);
-    }
-
-    #[test]
-    fn a_publish_waits_for_a_subscriber_catching_up_but_not_for_a_stuck_one() {
-        let hub = hub(10, 8);
-        let sub = hub.subscribe(TopicFilter::All, None).unwrap();
-        for _ in 0..4 {
-            hub.publish("t", None, "x").unwrap();
-        }
-        // Five queued is more than half the queue: this publish is answered
-        // once the reader has caught up to a quarter.
-        std::thread::scope(|scope| {
-            scope.spawn(|| {
-                for _ in 0..3 {
-                    std::thread::sleep(Duration::from_millis(20));
-                    sub.rx.recv().unwrap();
-                }
-            });
-            hub.publish("t", None, "x").unwrap();
-            assert!(sub.rx.len() <= 2, "answered before the reader caught up");
-        });
-        // A reader that stops is waited for once, then taken for stuck.
-        for _ in 0..3 {
-            hub.publish("t", None, "x").unwrap();
-        }
-        let started = Instant::now();
-        hub.publish("t", None, "x").unwrap();
-        assert!(started.elapsed() < CATCH_UP_STALL / 2);
-        drop(sub);
-    }
-
-    #[test]
-    fn a_publish_does_not_wait_for_a_subscriber_blocked_on_its_client() {
-        let hub = hub(10, 8);
-        let sub = hub.subscribe(TopicFilter::All, None).unwrap();
-        sub.set_blocked(true);
-        // Five queued is more than half the queue, with no one reading: a
-        // subscriber that is merely behind would hold this up for
-        // CATCH_UP_STALL.
-        let started = Instant::now();
+    fn a_subscriber_stuck_in_a_write_below_the_oldest_is_shut_down() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let hub = Hub::new(
+            Box::new(MemoryLog::new(5, 1 << 20)),
+            HubLimits {
+                max_subscribers: 10,
+                client_queue: 2,
+            },
+        );
+        let first = hub.publish("t", None, "x").unwrap().id;
+        let stuck = hub
+            .subscribe(all(), None, std::os::fd::AsRawFd::as_raw_fd(&server))
+            .unwrap();
+        stuck.set_position(first);
+        stuck.set_blocked(true);
         for _ in 0..5 {
             hub.publish("t", None, "x").unwrap();
         }
-        assert!(started.elapsed() < CATCH_UP_STALL / 2);
-        assert_eq!(sub.rx.len(), 5);
-        assert_eq!(sub.ended(), None);
-    }
-
-    #[test]
-    fn the_follower_waits_for_a_subscriber_catching_up() {
-        let hub = hub(10, 8);
-        let sub = hub.subscribe(TopicFilter::All, None).unwrap();
-        let frames: Vec<SharedFrame> = (0..5)
-            .map(|_| hub.log.append(&Event::new("t", None, "x")).unwrap())
-            .collect();
-        std::thread::scope(|scope| {
-            scope.spawn(|| {
-                for _ in 0..3 {
-                    std::thread::sleep(Duration::from_millis(20));
-                    sub.rx.recv().unwrap();
-                }
-            });
-            hub.fan_out_followed(&frames);
-            assert!(sub.rx.len() <= 2, "went on before the reader caught up");
-        });
-        sub.set_blocked(true);
-        let started = Instant::now();
-        hub.fan_out_followed(&frames);
-        assert!(
-            started.elapsed() < CATCH_UP_STALL / 2,
-            "waited for a blocked one"
+        assert_eq!(
+            stuck.ended(),
+            None,
+            "evicted while its position is retained"
         );
+        // Once `first`'s millisecond is gone from the log it cannot catch up.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while hub.log.oldest().unwrap().ms <= first.ms && Instant::now() < deadline {
+            hub.publish("t", None, "x").unwrap();
+        }
+        hub.publish("t", None, "x").unwrap();
+        assert_eq!(stuck.ended(), Some(Ending::Gone));
+        assert_eq!(hub.metrics.evicted.load(Ordering::Relaxed), 1);
+        assert_eq!(hub.gauges().subscribers, 0);
+        let mut byte = [0u8];
+        assert_eq!(std::io::Read::read(&mut &client, &mut byte).unwrap(), 0);
+        drop(stuck);
+        assert_eq!(hub.wait_streams_ended(Duration::ZERO), 0);
     }
 
     #[test]
-    fn a_subscriber_waiting_for_cpu_gets_more_room() {
-        let hub = hub(10, 2);
-        let starved = hub.subscribe(TopicFilter::All, None).unwrap();
-        for _ in 0..2 * STARVED_FACTOR {
-            assert_eq!(hub.publish("t", None, "x").unwrap().receivers, 1);
-        }
-        assert_eq!(starved.ended(), None);
-        assert_eq!(hub.publish("t", None, "x").unwrap().receivers, 0);
-        assert_eq!(starved.ended(), Some(Ending::Released));
+    fn subscribe_records_where_the_subscriber_starts() {
+        let hub = hub(10, 10);
+        let sub = hub.subscribe(all(), None, -1).unwrap();
+        assert_eq!(sub.start, None);
+        let first = hub.publish("t", None, "1").unwrap().id;
+        let second = hub.publish("t", None, "2").unwrap().id;
+        let live = hub.subscribe(all(), None, -1).unwrap();
+        assert_eq!(live.start, Some(second));
+        let replay = hub.subscribe(all(), Some(first), -1).unwrap();
+        assert_eq!(replay.start, Some(first));
+        let third = hub.publish("t", None, "3").unwrap().id;
+        assert_eq!(live.rx.try_recv().unwrap().id, third);
+        let page = replay.read(replay.start).unwrap();
+        let ids: Vec<EventId> = page.frames.iter().map(|f| f.id).collect();
+        assert_eq!(ids, [second, third]);
     }
 
     #[test]
     fn hang_up_releases_the_subscriber_at_once() {
         let hub = hub(10, 10);
-        let sub = hub.subscribe(TopicFilter::All, None).unwrap();
+        let sub = hub.subscribe(all(), None, -1).unwrap();
         hub.hang_up(sub.key());
         assert_eq!(sub.ended(), Some(Ending::Gone));
         assert!(sub.rx.recv().is_err(), "sender not dropped");
         assert_eq!(hub.publish("t", None, "x").unwrap().receivers, 0);
+        assert_eq!(hub.gauges().subscribers, 0);
+    }
+
+    #[test]
+    fn an_evicted_subscriber_leaves_the_gauge_at_once() {
+        let hub = hub(10, 10);
+        let sub = hub.subscribe(all(), None, -1).unwrap();
+        assert_eq!(hub.gauges().subscribers, 1);
+        sub.evict();
+        sub.evict();
+        assert_eq!(hub.gauges().subscribers, 0);
+        assert_eq!(hub.metrics.evicted.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            hub.wait_streams_ended(Duration::ZERO),
+            1,
+            "thread still ending"
+        );
+        drop(sub);
+        assert_eq!(hub.wait_streams_ended(Duration::ZERO), 0);
     }
 
     #[test]
     fn one_encoding_is_shared_by_every_subscriber() {
         let hub = hub(10, 10);
-        let a = hub.subscribe(TopicFilter::All, None).unwrap();
-        let b = hub.subscribe(TopicFilter::All, None).unwrap();
+        let a = hub.subscribe(all(), None, -1).unwrap();
+        let b = hub.subscribe(all(), None, -1).unwrap();
         hub.publish("t", None, "x").unwrap();
         assert!(Arc::ptr_eq(&a.rx.recv().unwrap(), &b.rx.recv().unwrap()));
     }
@@ -723,11 +611,11 @@ mod tests {
     #[test]
     fn close_ends_every_stream_and_refuses_more() {
         let hub = hub(10, 10);
-        let sub = hub.subscribe(TopicFilter::All, None).unwrap();
+        let sub = hub.subscribe(all(), None, -1).unwrap();
         hub.close();
         assert_eq!(sub.ended(), Some(Ending::Released));
         assert_eq!(
-            hub.subscribe(TopicFilter::All, None).err(),
+            hub.subscribe(all(), None, -1).err(),
             Some(SubscribeError::Closed)
         );
         assert_eq!(

@@ -3,26 +3,28 @@
 //! subscribers from it and resumes after an outage. Nothing outside this
 //! file knows Redis exists; nothing here holds the hub lock across a call.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use redis::{Client, Connection, RedisError, RedisResult, Value};
 
-use crate::event::{self, Event, EventId, Frame, SharedFrame, TopicFilter};
-use crate::history::{EventLog, LogError, Replay};
+use crate::event::{self, EventId, TopicFilter};
+use crate::history::{EventLog, LogError, Page, PAGE_BYTES, PAGE_EVENTS};
 use crate::hub::Hub;
+use crate::sse::{Event, Frame, SharedFrame};
 
 /// The stream every process appends to and follows.
 const STREAM: &str = "ssehub:events";
 /// Entries the stream keeps at least, whatever `--history` says, so that a
 /// follower a little behind a busy stream never loses entries to trimming.
 const MIN_STREAM_LEN: usize = 1000;
-/// Entries asked for per `XREAD` and per `XRANGE` page.
-const PAGE: usize = 1000;
+/// Entries the follower asks for per `XREAD`.
+const FOLLOW_BATCH: usize = 1000;
 /// Connections shared by publishers and replays; more callers wait for one.
 const POOL_SIZE: usize = 16;
 /// A publish or replay gives up after this, and answers 503.
@@ -53,8 +55,57 @@ struct Shared {
     pool: Pool,
     /// Set by the follower: whether its connection works.
     up: AtomicBool,
-    /// The stream's length as the follower last read it.
+    /// The stream's length and first entry as the follower last read them.
     len: AtomicUsize,
+    oldest: Mutex<Option<EventId>>,
+    /// Entries per page that fit `PAGE_BYTES` at the sizes read lately.
+    page_hint: AtomicUsize,
+    frames: FrameCache,
+}
+
+/// The frames of this process's queues and pages by id, so that streams
+/// reading the same entries share one decoded copy (as they share a memory
+/// log's) instead of holding one each.
+#[derive(Default)]
+struct FrameCache {
+    frames: Mutex<HashMap<EventId, Weak<Frame>>>,
+}
+
+impl FrameCache {
+    /// The frame of `entry`, decoded once while anyone holds it.
+    fn decode(&self, entry: Entry) -> Option<SharedFrame> {
+        let id = entry.0;
+        if let Some(frame) = self.lock().get(&id).and_then(Weak::upgrade) {
+            return Some(frame);
+        }
+        let frame = decode(entry)?;
+        self.keep(&frame);
+        Some(frame)
+    }
+
+    fn keep(&self, frame: &SharedFrame) {
+        let mut frames = self.lock();
+        // Forget the frames nobody holds, at most once per doubling.
+        if frames.len() >= frames.capacity().max(1024) {
+            frames.retain(|_, f| f.strong_count() > 0);
+        }
+        frames.insert(frame.id, Arc::downgrade(frame));
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<EventId, Weak<Frame>>> {
+        self.frames.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The bytes of an entry's field values, for the page size.
+fn entry_bytes(fields: &[Value]) -> usize {
+    fields
+        .iter()
+        .map(|v| match v {
+            Value::BulkString(b) => b.len(),
+            _ => 8,
+        })
+        .sum()
 }
 
 /// The shared event log: `XADD` to publish, `XRANGE` to replay.
@@ -113,6 +164,9 @@ pub fn connect(url: &str, history: usize) -> Result<(RedisLog, Follower), StartE
         pool: Pool::new(client.clone()),
         up: AtomicBool::new(true),
         len: AtomicUsize::new(len),
+        oldest: Mutex::new(None),
+        page_hint: AtomicUsize::new(16),
+        frames: FrameCache::default(),
     });
     let log = RedisLog {
         shared: shared.clone(),
@@ -179,78 +233,100 @@ impl EventLog for RedisLog {
         Ok(Arc::new(Frame::new(id, event)))
     }
 
-    /// As `History::replay`, as far as a stream can tell: an id that is in
-    /// the stream, or the newest, is no gap; any other is one, with the first
-    /// entry as `oldest_available` (Redis keeps no record of the last entry
-    /// it trimmed, so a client holding exactly that id is told of a gap too).
-    fn replay(&self, last: EventId, topics: &TopicFilter) -> Result<Replay, LogError> {
-        let last_id = last.to_string();
-        if self.history == 0 {
-            let newest: Value = self.shared.pool.run(|con| {
-                redis::cmd("XREVRANGE")
-                    .arg(STREAM)
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(1)
-                    .query(con)
-            })?;
-            let is_newest = entries(newest).first().is_some_and(|(id, _)| *id == last);
-            return Ok(Replay {
-                gap: (!is_newest).then_some(None),
-                frames: Vec::new(),
-            });
-        }
-        let (found, first, mut page): (Value, Value, Value) = self.shared.pool.run(|con| {
-            gap_probe(&mut redis::pipe(), &last_id)
-                .cmd("XRANGE")
+    /// As `History::read`, as far as a stream can tell: an id that is in
+    /// the stream is no gap; any other is one, with the first entry as
+    /// `oldest_available` (Redis keeps no record of the last entry it
+    /// trimmed, so a client holding exactly that id is told of a gap too).
+    /// With `--history 0` only the newest id is no gap, and nothing is read.
+    /// A page asks for as many entries as fit `PAGE_BYTES` at the sizes seen
+    /// lately, so a stream of large events is not read whole into memory.
+    fn read(&self, after: Option<EventId>, topics: &TopicFilter) -> Result<Page, LogError> {
+        let count = self
+            .shared
+            .page_hint
+            .load(Ordering::Relaxed)
+            .clamp(1, PAGE_EVENTS);
+        let mut pipe = redis::pipe();
+        let after_id = after.map(|a| a.to_string());
+        if let Some(id) = &after_id {
+            gap_probe(&mut pipe, id);
+            // Where to read on from when this page finds nothing after it.
+            pipe.cmd("XREVRANGE")
                 .arg(STREAM)
-                .arg(format!("({last_id}"))
+                .arg(id)
+                .arg("-")
+                .arg("COUNT")
+                .arg(1);
+        }
+        if self.history > 0 {
+            pipe.cmd("XRANGE")
+                .arg(STREAM)
+                .arg(
+                    after_id
+                        .as_ref()
+                        .map_or("-".to_string(), |id| format!("({id}")),
+                )
                 .arg("+")
                 .arg("COUNT")
-                .arg(PAGE)
-                .query(con)
-        })?;
-        let gap = entries(found)
-            .is_empty()
-            .then(|| entries(first).first().map(|(id, _)| *id));
-        let mut frames = Vec::new();
-        // Entries appended while paging were queued for this subscriber
-        // anyway (it registered first), so the pages need not chase the end
-        // of a busy stream: a bound past the stream's length is enough.
-        for _ in 0..=self.max_len / PAGE + 2 {
-            let entries = entries(page);
-            let full = entries.len() == PAGE;
-            let Some(&(after, _)) = entries.last() else {
-                break;
-            };
-            frames.extend(
-                entries
-                    .into_iter()
-                    .filter_map(decode)
-                    .filter(|f| topics.matches(&f.topic)),
-            );
-            if !full {
-                break;
-            }
-            page = self.shared.pool.run(|con| {
-                redis::cmd("XRANGE")
-                    .arg(STREAM)
-                    .arg(format!("({after}"))
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(PAGE)
-                    .query(con)
-            })?;
+                .arg(count);
+        } else {
+            pipe.cmd("XREVRANGE")
+                .arg(STREAM)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1);
         }
-        Ok(Replay { gap, frames })
+        let mut replies: Vec<Value> = self.shared.pool.run(|con| pipe.query(con))?;
+        let read = entries(replies.pop().unwrap_or(Value::Nil));
+        let mut page = Page::default();
+        if after.is_some() && replies.len() == 3 {
+            let before = entries(replies.pop().unwrap_or(Value::Nil));
+            let first = entries(replies.pop().unwrap_or(Value::Nil));
+            let found = !entries(replies.pop().unwrap_or(Value::Nil)).is_empty();
+            page.scanned = before.first().map(|(id, _)| *id);
+            if self.history == 0 {
+                let newest = read.first().map(|(id, _)| *id);
+                page.gap = (newest != after).then_some(None);
+                page.scanned = newest.or(page.scanned);
+                page.end = true;
+                return Ok(page);
+            }
+            page.gap = (!found).then(|| first.first().map(|(id, _)| *id));
+        } else if self.history == 0 {
+            page.scanned = read.first().map(|(id, _)| *id);
+            page.end = true;
+            return Ok(page);
+        }
+        page.end = read.len() < count;
+        let n = read.len();
+        let mut bytes = 0;
+        for entry in read {
+            page.scanned = Some(entry.0);
+            bytes += entry_bytes(&entry.1);
+            if let Some(frame) = self.shared.frames.decode(entry) {
+                if topics.matches(&frame.topic) {
+                    page.frames.push(frame);
+                }
+            }
+        }
+        if let Some(per_entry) = bytes.checked_div(n) {
+            self.shared
+                .page_hint
+                .store(PAGE_BYTES / per_entry.max(1), Ordering::Relaxed);
+        }
+        Ok(page)
+    }
+
+    fn oldest(&self) -> Option<EventId> {
+        *self.shared.oldest.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn len(&self) -> usize {
         self.shared.len.load(Ordering::Relaxed)
     }
 
-    fn shared(&self) -> bool {
+    fn followed(&self) -> bool {
         true
     }
 
@@ -394,7 +470,7 @@ impl Follower {
                 .arg(STREAM)
                 .cmd("XREAD")
                 .arg("COUNT")
-                .arg(PAGE)
+                .arg(FOLLOW_BATCH)
                 .arg("BLOCK")
                 .arg(BLOCK.as_millis() as u64)
                 .arg("STREAMS")
@@ -402,8 +478,11 @@ impl Follower {
                 .arg(&last);
             let (found, first, len, reply): (Value, Value, usize, Value) = pipe.query(con)?;
             self.shared.len.store(len, Ordering::Relaxed);
+            let first = entries(first);
+            *self.shared.oldest.lock().unwrap_or_else(|e| e.into_inner()) =
+                first.first().map(|(id, _)| *id);
             // An empty stream at startup: nothing read yet to miss.
-            if self.last != (EventId { ms: 0, seq: 0 }) && trimmed_after(self.last, found, first) {
+            if self.last != (EventId { ms: 0, seq: 0 }) && trimmed_after(self.last, found, &first) {
                 let ended = hub.end_streams();
                 log::warn!(
                     "entries after {last} were trimmed before this process read them: \
@@ -413,7 +492,10 @@ impl Follower {
             let batch = read_entries(reply);
             if let Some(&(newest, _)) = batch.last() {
                 self.last = newest;
-                let frames: Vec<SharedFrame> = batch.into_iter().filter_map(decode).collect();
+                let frames: Vec<SharedFrame> = batch
+                    .into_iter()
+                    .filter_map(|entry| self.shared.frames.decode(entry))
+                    .collect();
                 hub.fan_out_followed(&frames);
             }
         }
@@ -433,7 +515,7 @@ impl Follower {
             let last = self.last.to_string();
             let (found, first): (Value, Value) =
                 gap_probe(&mut redis::pipe(), &last).query(&mut con)?;
-            if trimmed_after(self.last, found, first) {
+            if trimmed_after(self.last, found, &entries(first)) {
                 let ended = hub.end_streams();
                 log::warn!(
                     "entries after {last} were trimmed while redis was unreachable: \
@@ -447,11 +529,8 @@ impl Follower {
 
 /// From the two replies of `gap_probe`: `last` is gone and the stream now
 /// starts after it, so entries after `last` may have been trimmed unread.
-fn trimmed_after(last: EventId, found: Value, first: Value) -> bool {
-    entries(found).is_empty()
-        && entries(first)
-            .first()
-            .is_some_and(|(first, _)| *first > last)
+fn trimmed_after(last: EventId, found: Value, first: &[Entry]) -> bool {
+    entries(found).is_empty() && first.first().is_some_and(|(first, _)| *first > last)
 }
 
 /// Adds the two look-ups that tell whether entries after `id` may be

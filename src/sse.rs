@@ -1,8 +1,58 @@
-//! The event-stream wire format (WHATWG HTML, "Server-sent events"): event
-//! frames, the `retry:` line, the `:` heartbeat and the `ssehub:gap` event.
-//! Pure functions returning bytes; the HTTP chunked framing is `stream.rs`'s.
+//! The event-stream wire format (WHATWG HTML, "Server-sent events"): a
+//! published event encoded once into the `Frame` every subscriber shares, the
+//! `retry:` line, the `:` heartbeat and the hub's own `ssehub:` events. Pure
+//! values and functions returning bytes; the HTTP chunked framing is
+//! `stream.rs`'s.
+
+use std::sync::Arc;
 
 use crate::event::EventId;
+
+/// A published event before the log gives it an id: what the publisher
+/// sent, checked, and its frame without the `id:` line (`body`), encoded
+/// once outside any lock.
+#[derive(Debug)]
+pub struct Event<'a> {
+    pub topic: &'a str,
+    /// The event type (`event:` field), if any.
+    pub name: Option<&'a str>,
+    pub data: &'a str,
+    pub body: Vec<u8>,
+}
+
+impl<'a> Event<'a> {
+    pub fn new(topic: &'a str, name: Option<&'a str>, data: &'a str) -> Event<'a> {
+        Event {
+            topic,
+            name,
+            data,
+            body: body(name, data),
+        }
+    }
+}
+
+/// One published event, encoded to its wire bytes once; every subscriber and
+/// the log share the same allocation.
+#[derive(Debug)]
+pub struct Frame {
+    pub id: EventId,
+    pub topic: Box<str>,
+    /// The complete event-stream block, `id:` line through the blank line.
+    pub bytes: Box<[u8]>,
+}
+
+impl Frame {
+    /// `event` under its id: the `id:` line in front of its encoded body.
+    pub fn new(id: EventId, event: &Event) -> Frame {
+        Frame {
+            id,
+            topic: event.topic.into(),
+            bytes: frame(id, &event.body),
+        }
+    }
+}
+
+pub type SharedFrame = Arc<Frame>;
 
 /// A comment line and the blank line that ends the block.
 pub const HEARTBEAT: &[u8] = b":\n\n";
@@ -69,6 +119,12 @@ pub fn gap(last_event_id: EventId, oldest_available: Option<EventId>) -> Vec<u8>
         "oldest_available": oldest_available.map(|id| id.to_string()),
     });
     format!("event: ssehub:gap\ndata: {json}\n\n").into_bytes()
+}
+
+/// The event that ends a stream whose token expired at `exp` (Unix
+/// seconds). No `id:` line: the client keeps its last event id.
+pub fn expired(exp: u64) -> Vec<u8> {
+    format!("event: ssehub:expired\ndata: {{\"exp\":{exp}}}\n\n").into_bytes()
 }
 
 #[cfg(test)]

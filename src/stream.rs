@@ -1,128 +1,162 @@
 //! One subscriber's stream, on the thread that accepted its connection: the
-//! response head, `retry:`, the replay, then a `recv_timeout(heartbeat)` loop
-//! that drains its queue into one write per wake. The only writer to a
-//! subscriber socket; it never takes the hub lock while writing.
+//! response head, `retry:`, then a cursor over the event log. Live frames
+//! come through its queue, drained into one write per wake; a replay, or a
+//! queue that overflowed, is read from the log a page at a time until the
+//! stream is back at the live edge. The only writer to a subscriber socket;
+//! it never takes the hub lock while writing, and copies no event bytes.
 
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::RecvTimeoutError;
 
-use crate::event::{EventId, SharedFrame};
+use crate::event::EventId;
 use crate::hangup::Hangups;
+use crate::history::PAGE_EVENTS;
 use crate::hub::{Ending, Subscription};
 use crate::metrics::Metrics;
-use crate::sse;
+use crate::sse::{self, SharedFrame};
 
-/// A wake-up writes at most this many bytes of events in one chunk: enough
-/// to coalesce a burst, small enough that a slow client never makes the
-/// hub build a large buffer (THREADS.md: drain the queue into one write).
+/// A wake-up writes at most this many bytes of queued events in one chunk
+/// (and at most `PAGE_EVENTS` frames): enough to coalesce a burst
+/// (THREADS.md: drain the queue into one write).
 const BATCH_BYTES: usize = 64 * 1024;
-/// Room left in front of a batch for the chunk-size line.
-const CHUNK_HEAD: usize = 18;
 
 /// What the stream needs to know about the request it answers.
 pub struct StreamParams<'a> {
     pub http10: bool,
     pub retry_ms: u64,
     pub heartbeat: Duration,
-    pub cors_origin: Option<&'a str>,
+    /// Extra fields for the head (CORS).
+    pub fields: &'a [(&'static str, String)],
     pub last_event_id: Option<EventId>,
+    /// When the subscriber's token expires (Unix seconds).
+    pub expires: Option<u64>,
     pub hangups: &'a Hangups,
 }
 
-/// The response head of an event stream.
-fn head(http10: bool, cors_origin: Option<&str>) -> String {
+/// The response head of an event stream. The connection always ends with
+/// the stream, so it says so: a proxy must not pool it.
+fn head(http10: bool, fields: &[(&'static str, String)]) -> String {
     let mut h = String::from(if http10 {
-        "HTTP/1.0 200 OK\r\nConnection: close\r\n"
+        "HTTP/1.0 200 OK\r\n"
     } else {
         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
     });
+    h.push_str("Connection: close\r\n");
+    h.push_str(&format!(
+        "Date: {}\r\n",
+        httpdate::fmt_http_date(SystemTime::now())
+    ));
     h.push_str(
         "Content-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n",
     );
-    for (name, value) in crate::http::cors_fields(cors_origin) {
+    for (name, value) in fields {
         h.push_str(&format!("{name}: {value}\r\n"));
     }
     h.push_str("\r\n");
     h
 }
 
-/// Buffers event-stream bytes and writes them as one HTTP chunk (or raw,
-/// for HTTP/1.0) with a single write call.
+/// Writes event-stream bytes as HTTP chunks (raw, for HTTP/1.0) with one
+/// `writev` per chunk, straight from the shared frames. The socket is
+/// non-blocking: a write that finds it full waits for room, telling the hub
+/// so, for at most `stall` without progress.
 struct Writer {
     stream: TcpStream,
     chunked: bool,
-    buf: Vec<u8>,
+    stall: Duration,
+}
+
+/// How a write failed: the client is gone, or it took no data for `stall`.
+fn stalled() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "client took no data for two heartbeats",
+    )
 }
 
 impl Writer {
-    fn new(stream: TcpStream, chunked: bool) -> Writer {
-        let mut w = Writer {
-            stream,
-            chunked,
-            buf: Vec::new(),
-        };
-        w.reset();
-        w
-    }
-
-    fn reset(&mut self) {
-        self.buf.clear();
-        if self.chunked {
-            self.buf.resize(CHUNK_HEAD, 0);
-        }
-    }
-
-    fn pending(&self) -> usize {
-        self.buf.len() - if self.chunked { CHUNK_HEAD } else { 0 }
-    }
-
-    fn push(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
-    }
-
-    /// Writes what is buffered, if anything, as one chunk. `blocked` is
-    /// told when the socket has no room for it and the write must wait for
-    /// the client, and when that wait is over.
-    fn flush(&mut self, blocked: &dyn Fn(bool)) -> io::Result<()> {
-        let len = self.pending();
+    /// Writes `parts` as one chunk.
+    fn chunk(&mut self, parts: &[&[u8]], blocked: &dyn Fn(bool)) -> io::Result<()> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
         if len == 0 {
             return Ok(());
         }
-        let start = if self.chunked {
-            // The size line is written backwards into the room left for
-            // it: no allocation per write.
-            let mut at = CHUNK_HEAD - 2;
-            self.buf[at..CHUNK_HEAD].copy_from_slice(b"\r\n");
-            let mut rest = len;
-            loop {
-                at -= 1;
-                self.buf[at] = b"0123456789abcdef"[rest % 16];
-                rest /= 16;
-                if rest == 0 {
-                    break;
-                }
-            }
-            self.buf.extend_from_slice(b"\r\n");
-            at
-        } else {
-            0
-        };
-        let result = write_waiting(&mut self.stream, &self.buf[start..], blocked);
-        if self.buf.capacity() > 4 * BATCH_BYTES {
-            self.buf = Vec::new();
+        let size = format!("{len:x}\r\n");
+        let mut slices = Vec::with_capacity(parts.len() + 2);
+        if self.chunked {
+            slices.push(IoSlice::new(size.as_bytes()));
         }
-        self.reset();
+        slices.extend(parts.iter().map(|p| IoSlice::new(p)));
+        if self.chunked {
+            slices.push(IoSlice::new(b"\r\n"));
+        }
+        self.write_all(&mut slices, blocked)
+    }
+
+    fn write_all(
+        &mut self,
+        mut slices: &mut [IoSlice<'_>],
+        blocked: &dyn Fn(bool),
+    ) -> io::Result<()> {
+        let mut waiting = false;
+        let result = loop {
+            if slices.is_empty() {
+                break Ok(());
+            }
+            match (&self.stream).write_vectored(slices) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => IoSlice::advance_slices(&mut slices, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !waiting {
+                        waiting = true;
+                        blocked(true);
+                    }
+                    if let Err(e) = self.wait_for_room() {
+                        break Err(e);
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        if waiting {
+            blocked(false);
+        }
         result
     }
 
+    /// Waits until the socket takes data again, for at most `stall`.
+    fn wait_for_room(&self) -> io::Result<()> {
+        let mut fd = libc::pollfd {
+            fd: self.stream.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        let ms = self.stall.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: poll on one pollfd we own.
+        match unsafe { libc::poll(&mut fd, 1, ms) } {
+            0 => Err(stalled()),
+            n if n < 0 => {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+            // Ready, or an error the next write reports.
+            _ => Ok(()),
+        }
+    }
+
     /// Ends the body: the zero-size chunk for HTTP/1.1, the close for 1.0.
-    fn finish(mut self) {
+    fn finish(&mut self) {
         if self.chunked {
-            let _ = self.stream.write_all(b"0\r\n\r\n");
+            let _ = self.write_all(&mut [IoSlice::new(b"0\r\n\r\n")], &|_| {});
         }
         let _ = self.stream.shutdown(std::net::Shutdown::Write);
     }
@@ -151,40 +185,6 @@ impl Writer {
     }
 }
 
-/// Writes all of `bytes`: first what the socket takes at once, then the
-/// rest waiting for room, with `blocked` told around that wait.
-fn write_waiting(stream: &mut TcpStream, bytes: &[u8], blocked: &dyn Fn(bool)) -> io::Result<()> {
-    // SAFETY: send on a valid fd from a buffer we own, never waiting.
-    let sent = unsafe {
-        libc::send(
-            stream.as_raw_fd(),
-            bytes.as_ptr().cast(),
-            bytes.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    let rest = match usize::try_from(sent) {
-        Ok(n) => &bytes[n..],
-        Err(_) => {
-            let e = io::Error::last_os_error();
-            if !matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-            ) {
-                return Err(e);
-            }
-            bytes
-        }
-    };
-    if rest.is_empty() {
-        return Ok(());
-    }
-    blocked(true);
-    let written = stream.write_all(rest);
-    blocked(false);
-    written
-}
-
 /// Lowers this thread to the weakest scheduling priority. THREADS.md: with
 /// stream threads at nice 19 a publisher's fan-out to 10k busy streams fell
 /// from ~0.5 s to ~1.2 ms, because the threads it wakes no longer preempt
@@ -198,24 +198,42 @@ fn lower_priority() {
     }
 }
 
+fn writer(stream: TcpStream, p: &StreamParams) -> io::Result<Writer> {
+    stream.set_nonblocking(true)?;
+    Ok(Writer {
+        stream,
+        chunked: !p.http10,
+        stall: 2 * p.heartbeat,
+    })
+}
+
 /// Serves one subscription until the client goes, the hub lets go of it, or
 /// a write fails. Writes the stream end unless the client is gone, before
-/// the subscription is dropped (shutdown waits for that drop).
+/// the subscription is dropped (shutdown waits for that drop); the socket
+/// is closed after it, so the hub never shuts down a reused descriptor.
 pub fn serve(stream: TcpStream, sub: Subscription<'_>, p: &StreamParams) {
     lower_priority();
     // A client that vanishes without a FIN or RST (a phone that lost its
-    // network, a NAT that forgot the flow) never acknowledges the next
-    // heartbeat; the kernel gives up on it after another heartbeat instead
-    // of ~15 minutes of retransmissions, and the hang-up watch sees the
-    // error. A client that is alive acknowledges even with a full window.
-    let _ = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(p.heartbeat));
+    // network, a NAT that forgot the flow) never acknowledges what is sent;
+    // the kernel gives up on it after two heartbeats instead of ~15 minutes
+    // of retransmissions. A client that is alive acknowledges even with a
+    // full window, and is given up on by `Writer::stall` if it reads nothing.
+    let _ = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(2 * p.heartbeat));
     p.hangups.watch(&stream, sub.key());
-    let mut w = Writer::new(stream, !p.http10);
+    let mut w = match writer(stream, p) {
+        Ok(w) => w,
+        Err(e) => return log::debug!("stream not started: {e}"),
+    };
     match run(&mut w, &sub, p) {
         Ok(()) => w.finish(),
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            log::debug!("subscriber evicted: {e}");
+            sub.evict();
+        }
         Err(e) => log::debug!("stream closed by client: {e}"),
     }
     drop(sub);
+    drop(w);
 }
 
 /// Where the stream stands after a wake-up: go on, end it properly (Ok), or
@@ -228,88 +246,150 @@ fn check(sub: &Subscription<'_>) -> io::Result<Option<()>> {
     }
 }
 
-/// Answers a subscriber whose replay cannot be read now (the shared log is
-/// out of reach): the head, `retry:` and the stream end, so the client
-/// reconnects after that delay with the same last event id.
+/// Answers a subscriber that should come back a little later (the hub is
+/// shutting down, or cannot read its log now): the head, `retry:` and the
+/// stream end, so the client reconnects after that delay with the same last
+/// event id. EventSource does not retry after a 503.
 pub fn retry_later(stream: TcpStream, p: &StreamParams) {
-    let mut w = Writer::new(stream, !p.http10);
-    let started = w
-        .stream
-        .write_all(head(p.http10, p.cors_origin).as_bytes())
-        .and_then(|()| {
-            w.push(&sse::retry(jittered(p.retry_ms)));
-            w.flush(&|_| {})
-        });
+    let started = writer(stream, p).and_then(|mut w| {
+        open(&mut w, p)?;
+        Ok(w)
+    });
     match started {
-        Ok(()) => w.finish(),
+        Ok(mut w) => w.finish(),
         Err(e) => log::debug!("stream closed by client: {e}"),
     }
 }
 
-/// Ok when the hub ended the stream, Err when the client went away.
+/// The head and the `retry:` line.
+fn open(w: &mut Writer, p: &StreamParams) -> io::Result<()> {
+    let head = head(p.http10, p.fields);
+    w.write_all(&mut [IoSlice::new(head.as_bytes())], &|_| {})?;
+    w.chunk(&[&sse::retry(jittered(p.retry_ms))], &|_| {})
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Ok when the stream should end properly, Err when the client went away
+/// (`TimedOut`: it took no data for two heartbeats).
 fn run(w: &mut Writer, sub: &Subscription<'_>, p: &StreamParams) -> io::Result<()> {
     let metrics = sub.metrics();
-    let delivered = |n: u64| Metrics::add(&metrics.delivered, n);
-    // The hub evicts a subscriber whose thread waits on its client while
-    // events pile up, and publishers do not wait for it.
-    let flush = |w: &mut Writer| w.flush(&|blocked| sub.set_blocked(blocked));
+    let delivered = |n: usize| Metrics::add(&metrics.delivered, n as u64);
+    let blocked = |b: bool| sub.set_blocked(b);
+    open(w, p)?;
 
-    w.stream
-        .write_all(head(p.http10, p.cors_origin).as_bytes())?;
-    w.push(&sse::retry(jittered(p.retry_ms)));
-    if let (Some(last), Some(oldest)) = (p.last_event_id, sub.replay.gap) {
-        w.push(&sse::gap(last, oldest));
+    // The last id the client has, or the position read on from after a gap;
+    // queued frames not above it are skipped (ids only grow). After a gap
+    // the client's id may be from another log: no floor.
+    let mut cursor = sub.start;
+    if let Some(at) = cursor {
+        sub.set_position(at);
     }
-    flush(w)?;
-
-    // Replay, then live. With a shared log the queue may repeat the tail of
-    // the replay, or the client's own last event when the follower lags, so
-    // live frames at or below the last id the client has are skipped (ids
-    // only grow). After a gap that id may be from another log: no floor.
-    let mut last_sent = p.last_event_id.filter(|_| sub.replay.gap.is_none());
-    for frame in &sub.replay.frames {
-        if w.pending() + frame.bytes.len() > BATCH_BYTES {
-            flush(w)?;
-        }
-        w.push(&frame.bytes);
-        last_sent = Some(frame.id);
-        delivered(1);
-    }
-    flush(w)?;
-
-    let take = |w: &mut Writer, f: &SharedFrame, last_sent: &mut Option<EventId>| -> u64 {
-        if last_sent.is_some_and(|l| f.id <= l) {
-            return 0;
-        }
-        *last_sent = Some(f.id);
-        w.push(&f.bytes);
-        1
-    };
+    let mut replaying = p.last_event_id.is_some();
+    let mut first_page = replaying;
+    let mut last_write = Instant::now();
+    let mut batch: Vec<SharedFrame> = Vec::new();
     loop {
         if let Some(done) = check(sub)? {
             return Ok(done);
         }
-        match sub.rx.recv_timeout(p.heartbeat) {
+        if let Some(exp) = p.expires.filter(|exp| unix_now() >= *exp) {
+            w.chunk(&[&sse::expired(exp)], &blocked)?;
+            return Ok(());
+        }
+        if replaying || sub.take_behind() {
+            // Whatever is queued is in the log too, after `cursor` or at
+            // most up to it: read from the log until the live edge.
+            while sub.rx.try_recv().is_ok() {}
+            loop {
+                let page = match sub.read(cursor) {
+                    Ok(page) => page,
+                    Err(e) => {
+                        log::info!(
+                            "cannot read the event log ({e}): the stream ends, to be resumed"
+                        );
+                        return Ok(());
+                    }
+                };
+                let gap = match page.gap {
+                    Some(oldest) if first_page => {
+                        p.last_event_id.map(|last| sse::gap(last, oldest))
+                    }
+                    Some(_) => {
+                        // Fell behind the oldest retained event: its client
+                        // reconnects, and its replay starts with the gap.
+                        sub.evict();
+                        log::debug!("subscriber evicted: fell off the history");
+                        return Ok(());
+                    }
+                    None => None,
+                };
+                first_page = false;
+                let mut parts: Vec<&[u8]> = Vec::with_capacity(page.frames.len() + 1);
+                parts.extend(gap.as_deref());
+                parts.extend(page.frames.iter().map(|f| &*f.bytes));
+                w.chunk(&parts, &blocked)?;
+                delivered(page.frames.len());
+                if !parts.is_empty() {
+                    last_write = Instant::now();
+                }
+                cursor = page.scanned;
+                if let Some(at) = cursor {
+                    sub.set_position(at);
+                }
+                if page.end {
+                    break;
+                }
+                if let Some(done) = check(sub)? {
+                    return Ok(done);
+                }
+            }
+            replaying = false;
+            continue;
+        }
+
+        let mut wait = p.heartbeat.saturating_sub(last_write.elapsed());
+        if let Some(exp) = p.expires {
+            wait = wait.min(Duration::from_secs(exp.saturating_sub(unix_now())));
+        }
+        match sub.rx.recv_timeout(wait) {
             Ok(first) => {
-                let mut n = take(w, &first, &mut last_sent);
-                while w.pending() < BATCH_BYTES {
-                    match sub.rx.try_recv() {
-                        Ok(f) => n += take(w, &f, &mut last_sent),
-                        Err(_) => break,
+                let (mut next, mut bytes) = (Some(first), 0);
+                while let Some(f) = next.take() {
+                    if cursor.is_none_or(|at| f.id > at) {
+                        cursor = Some(f.id);
+                        bytes += f.bytes.len();
+                        batch.push(f);
+                    }
+                    if batch.len() < PAGE_EVENTS && bytes < BATCH_BYTES {
+                        next = sub.rx.try_recv().ok();
                     }
                 }
                 if let Some(done) = check(sub)? {
                     return Ok(done);
                 }
-                flush(w)?;
-                delivered(n);
+                let parts: Vec<&[u8]> = batch.iter().map(|f| &*f.bytes).collect();
+                w.chunk(&parts, &blocked)?;
+                delivered(batch.len());
+                if let Some(at) = cursor.filter(|_| !batch.is_empty()) {
+                    sub.set_position(at);
+                    last_write = Instant::now();
+                }
+                batch.clear();
             }
             Err(RecvTimeoutError::Timeout) => {
+                if last_write.elapsed() < p.heartbeat {
+                    continue;
+                }
                 if w.peer_closed() {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
-                w.push(sse::HEARTBEAT);
-                flush(w)?;
+                w.chunk(&[sse::HEARTBEAT], &blocked)?;
+                last_write = Instant::now();
             }
             Err(RecvTimeoutError::Disconnected) => return check(sub).map(|_| ()),
         }
@@ -339,18 +419,27 @@ mod tests {
         assert!(seen.iter().any(|ms| *ms != seen[0]), "no jitter at all");
     }
 
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        (client, listener.accept().unwrap().0)
+    }
+
     #[test]
     fn chunks_carry_their_size_in_hex() {
-        let (client, server) = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-            (client, listener.accept().unwrap().0)
+        let (client, server) = pair();
+        server.set_nonblocking(true).unwrap();
+        let mut w = Writer {
+            stream: server,
+            chunked: true,
+            stall: Duration::from_secs(5),
         };
-        let mut w = Writer::new(server, true);
         for size in [1, 15, 16, 255, 4096] {
-            w.push(&vec![b'a'; size]);
-            w.flush(&|_| {}).unwrap();
+            let a = vec![b'a'; size / 2];
+            let b = vec![b'a'; size - size / 2];
+            w.chunk(&[&a, &[], &b], &|_| {}).unwrap();
         }
+        w.chunk(&[], &|_| {}).unwrap();
         w.finish();
         let mut got = Vec::new();
         std::io::Read::read_to_end(&mut &client, &mut got).unwrap();
@@ -368,12 +457,47 @@ mod tests {
     }
 
     #[test]
+    fn a_write_no_one_reads_gives_up_after_the_stall() {
+        let (_client, server) = pair();
+        server.set_nonblocking(true).unwrap();
+        let mut w = Writer {
+            stream: server,
+            chunked: false,
+            stall: Duration::from_millis(200),
+        };
+        let big = vec![b'x'; 64 << 20];
+        let was_blocked = std::cell::Cell::new(false);
+        let started = Instant::now();
+        let e = w
+            .chunk(&[&big], &|b| was_blocked.set(was_blocked.get() || b))
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(was_blocked.get());
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
     fn stream_head() {
+        let fields = [
+            (
+                "Access-Control-Allow-Origin",
+                "https://a.example".to_string(),
+            ),
+            ("Vary", "Origin".to_string()),
+        ];
+        let h = head(false, &fields);
+        let (start, rest) = h.split_once("Date: ").unwrap();
         assert_eq!(
-            head(false, Some("https://a.example")),
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\
-             Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n\
+            start,
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n"
+        );
+        let (date, rest) = rest.split_once("\r\n").unwrap();
+        assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
+        assert_eq!(
+            rest,
+            "Content-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n\
              Access-Control-Allow-Origin: https://a.example\r\nVary: Origin\r\n\r\n"
         );
+        assert!(head(true, &[]).starts_with("HTTP/1.0 200 OK\r\nConnection: close\r\nDate: "));
     }
 }

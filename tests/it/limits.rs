@@ -1,7 +1,7 @@
 //! `--client-queue`, `--max-subscribers` and the startup clamp.
 
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use crate::cgroup::PidsCgroup;
 use crate::harness::{poll, read_response, subscribe_many, Hub, Start};
 
-/// A subscriber that never reads is evicted with a proper stream end; a
-/// fast reader beside it gets everything; publishing never waits.
+/// A subscriber that never reads is ended once it has taken no data for
+/// two heartbeats (its thread waits in a write); a fast reader beside it
+/// gets everything, and publishing never waits.
 #[test]
-fn a_stalled_subscriber_is_evicted_and_others_are_not_slowed() {
-    let hub = Arc::new(Hub::start(&[]));
+fn a_stalled_subscriber_is_ended_and_others_are_not_slowed() {
+    let hub = Arc::new(Hub::start(&["--heartbeat", "1"]));
     let mut slow = hub.subscribe("/events", "");
     socket2::SockRef::from(&slow.stream)
         .set_recv_buffer_size(4096)
@@ -26,7 +27,7 @@ fn a_stalled_subscriber_is_evicted_and_others_are_not_slowed() {
         while ids.len() < 2000 {
             ids.push(fast.next_event().data);
         }
-        ids
+        (ids, fast)
     });
     // 2,000 × 4 KiB: more than the socket buffers and the default
     // --client-queue of 1,024 can hide.
@@ -37,7 +38,7 @@ fn a_stalled_subscriber_is_evicted_and_others_are_not_slowed() {
         hub.publish("t", &format!("{i} {payload}"));
         slowest = slowest.max(started.elapsed());
     }
-    let got = reader.join().unwrap();
+    let (got, _fast) = reader.join().unwrap();
     for (i, data) in got.iter().enumerate() {
         assert!(
             data.starts_with(&format!("{i} ")),
@@ -48,14 +49,17 @@ fn a_stalled_subscriber_is_evicted_and_others_are_not_slowed() {
         slowest < Duration::from_secs(1),
         "a publish took {slowest:?}"
     );
+    // Counted and out of the gauge together, within two heartbeats of its
+    // socket filling up (and a little scheduling).
     assert!(poll(Duration::from_secs(5), || hub
         .metric("ssehub_subscribers_evicted_total")
         == 1));
+    assert_eq!(hub.metric("ssehub_subscribers"), 1);
     socket2::SockRef::from(&slow.stream)
         .set_recv_buffer_size(1 << 20)
         .unwrap();
-    // Once it reads again it finds what was already written, in order, then
-    // the zero chunk and EOF: a proper end it can reconnect from.
+    // What was written before reaches it in order, then the connection
+    // ends: it reconnects with its last id and replays the rest.
     let mut n = 0;
     while let Ok(ev) = slow.try_next_event() {
         assert!(
@@ -65,19 +69,12 @@ fn a_stalled_subscriber_is_evicted_and_others_are_not_slowed() {
         n += 1;
     }
     assert!(n < 2000, "the stalled subscriber was not cut off");
-    assert!(
-        slow.ends_cleanly(Duration::from_secs(12)),
-        "no stream end after eviction"
-    );
-    assert!(poll(Duration::from_secs(2), || hub
-        .metric("ssehub_subscribers")
-        == 0));
 }
 
-/// A subscriber that reads, but slowly, paces no one: a burst reaches a
-/// prompt subscriber beside it at the publisher's pace, and the slow one is
-/// evicted once it is `--client-queue` behind with its socket full, rather
-/// than waited for.
+/// A subscriber that reads, but slowly, paces no one and loses nothing: a
+/// burst reaches a prompt subscriber beside it at the publisher's pace, and
+/// the slow one reads on from the log until it has every event, in order,
+/// never disconnected.
 #[test]
 fn a_slow_reader_paces_no_one() {
     let hub = Hub::start(&["--client-queue", "64"]);
@@ -85,29 +82,27 @@ fn a_slow_reader_paces_no_one() {
 }
 
 /// The check of `a_slow_reader_paces_no_one`, with the burst published on
-/// `publisher` and both subscribers on `reader` (with `--client-queue 64`,
-/// no stream evicted on it yet).
+/// `publisher` and both subscribers on `reader`.
 pub fn a_slow_reader_paces_no_one_on(publisher: &Hub, reader: &Hub) {
     let slow_had = slow_reader_beside_a_prompt_one(publisher, reader);
-    // Paced by the slow reader, it would have all but a few by then.
+    // Paced by the slow reader, it would have all but the few that fit its
+    // socket buffers by then.
     assert!(
-        slow_had < BURST / 2,
+        slow_had < BURST * 3 / 4,
         "the slow reader had {slow_had} of {BURST} when the prompt one had all"
     );
-    assert!(poll(Duration::from_secs(5), || reader
-        .metric("ssehub_subscribers_evicted_total")
-        == 1));
+    assert_eq!(reader.metric("ssehub_subscribers_evicted_total"), 0);
 }
 
 const BURST: usize = 1000;
 
 /// Publishes `BURST` events of 4 KiB on `publisher` while two subscribers
-/// of `reader` take them, one as fast as it can and one at about 2 MB/s;
-/// checks that the prompt one gets all of them in order and that what the
-/// slow one got by then is in order too. Returns how many the slow one had
-/// when the prompt one had all.
+/// of `reader` take them, one as fast as it can and one at about 1.3 MB/s;
+/// checks that both get all of them exactly once, in order. Returns how
+/// many the slow one had when the prompt one had all.
 fn slow_reader_beside_a_prompt_one(publisher: &Hub, reader: &Hub) -> usize {
     let in_order = |got: &[String]| {
+        assert_eq!(got.len(), BURST);
         for (i, data) in got.iter().enumerate() {
             assert!(data.starts_with(&format!("{i} ")), "got {data:.20} at {i}");
         }
@@ -122,16 +117,14 @@ fn slow_reader_beside_a_prompt_one(publisher: &Hub, reader: &Hub) -> usize {
     let mut prompt = reader.subscribe("/events", "");
     prompt.next_block();
     let slow_had = Arc::new(AtomicUsize::new(0));
-    let prompt_done = Arc::new(AtomicBool::new(false));
     let slow_reading = thread::spawn({
-        let (had, done) = (slow_had.clone(), prompt_done.clone());
+        let had = slow_had.clone();
         move || {
             let mut got = Vec::new();
-            // Until the stream ends (evicted) or the prompt one has all.
-            while let (false, Ok(ev)) = (done.load(Ordering::Relaxed), slow.try_next_event()) {
-                got.push(ev.data);
+            while got.len() < BURST {
+                got.push(slow.next_event().data);
                 had.store(got.len(), Ordering::Relaxed);
-                thread::sleep(Duration::from_millis(2));
+                thread::sleep(Duration::from_millis(3));
             }
             got
         }
@@ -155,9 +148,8 @@ fn slow_reader_beside_a_prompt_one(publisher: &Hub, reader: &Hub) -> usize {
     }
     let prompt_got = prompt_reading.join().expect("the prompt reader got all");
     let had = slow_had.load(Ordering::Relaxed);
-    prompt_done.store(true, Ordering::Relaxed);
     in_order(&prompt_got);
-    in_order(&slow_reading.join().expect("the slow reader"));
+    in_order(&slow_reading.join().expect("the slow reader got all"));
     had
 }
 

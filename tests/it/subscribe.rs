@@ -21,10 +21,23 @@ fn head_arrives_at_once_then_a_retry_line() {
         got.push(b[0]);
     }
     assert!(started.elapsed() < Duration::from_secs(2));
+    // The connection ends with the stream, and says so; Date as on every
+    // response (RFC 9110 §6.6.1).
+    let got = String::from_utf8(got).unwrap();
+    let (start, rest) = got.split_once("Date: ").expect("a Date field");
+    let (date, rest) = rest.split_once("\r\n").unwrap();
     assert_eq!(
-        String::from_utf8(got).unwrap(),
-        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\
-         Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n\r\n"
+        start,
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n"
+    );
+    let date = httpdate::parse_http_date(date).expect("an HTTP date");
+    let skew = date
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_else(|e| e.duration());
+    assert!(skew < Duration::from_secs(5), "Date {skew:?} off");
+    assert_eq!(
+        rest,
+        "Content-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n\r\n"
     );
     let mut sub = crate::harness::Sub::open_after_head(s);
     let first = sub.next_block();
