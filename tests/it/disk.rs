@@ -414,3 +414,95 @@ fn a_full_disk_answers_503_and_publishing_recovers_when_space_is_freed() {
     drop(hub);
     drop(dir);
 }
+
+/// Publishes on one kept-alive connection for `secs`: the latencies.
+fn publish_for(addr: SocketAddr, secs: f64) -> Vec<Duration> {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    let data = "x".repeat(200);
+    let request = format!(
+        "POST /events?topic=bench HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{data}",
+        data.len()
+    );
+    let started = Instant::now();
+    let mut lat = Vec::new();
+    while started.elapsed().as_secs_f64() < secs && lat.len() < 1_000_000 {
+        let t = Instant::now();
+        s.write_all(request.as_bytes()).expect("send");
+        let r = read_response(&mut s).expect("an answer");
+        assert_eq!(r.status, 200, "{}", r.text());
+        lat.push(t.elapsed());
+    }
+    lat
+}
+
+/// The durable publish rate over HTTP: `cargo test --release --test it
+/// disk::measure_durable_publish_rate -- --ignored --nocapture`. ssehub
+/// with `--data` (`--fsync always`), with Redis (`--appendonly yes
+/// --appendfsync always`) and in memory, 1 and 8 publishers.
+#[test]
+#[ignore]
+fn measure_durable_publish_rate() {
+    let dir = DataDir::new("rate");
+    let redis_dir = DataDir::new("redis-aof");
+    std::fs::create_dir_all(&redis_dir.0).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis = Command::new("redis-server")
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "yes", "--appendfsync", "always"])
+        .arg("--dir")
+        .arg(&redis_dir.0)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    assert!(poll(Duration::from_secs(10), || TcpStream::connect((
+        "127.0.0.1",
+        port
+    ))
+    .is_ok()));
+    let url = format!("redis://127.0.0.1:{port}");
+    for (name, args) in [
+        ("--data, --fsync always", vec!["--data", dir.arg()]),
+        (
+            "--data, --fsync never",
+            vec!["--data", dir.arg(), "--fsync", "never"],
+        ),
+        ("--redis, appendfsync always", vec!["--redis", url.as_str()]),
+        ("in memory", vec![]),
+    ] {
+        let hub = Hub::start(&args);
+        for publishers in [1, 8] {
+            let addr = hub.addr;
+            let started = Instant::now();
+            let threads: Vec<_> = (0..publishers)
+                .map(|_| thread::spawn(move || publish_for(addr, 3.0)))
+                .collect();
+            let mut lat: Vec<Duration> = threads
+                .into_iter()
+                .flat_map(|t| t.join().unwrap())
+                .collect();
+            let secs = started.elapsed().as_secs_f64();
+            lat.sort();
+            println!(
+                "{name}, {publishers} publishers: {:.0} publishes/s, p50 {:.2} ms, p99 {:.2} ms",
+                lat.len() as f64 / secs,
+                lat[lat.len() / 2].as_secs_f64() * 1e3,
+                lat[lat.len() * 99 / 100].as_secs_f64() * 1e3
+            );
+        }
+    }
+    let _ = redis.kill();
+    let _ = redis.wait();
+}
