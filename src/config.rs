@@ -95,8 +95,8 @@ struct Args {
     #[arg(long, env = "SSEHUB_DATA", value_name = "DIR")]
     data: Option<PathBuf>,
 
-    /// With --data: when a publish is flushed to disk before it is answered: always, periodic (every 100 ms) or never (left to the OS)
-    #[arg(long, env = "SSEHUB_FSYNC", value_name = "POLICY", value_enum, default_value_t = Fsync::Always)]
+    /// With --data: how a publish reaches the disk: always (flushed before it is answered), periodic (flushed every 100 ms) or never (left to the OS)
+    #[arg(long, env = "SSEHUB_FSYNC", value_name = "POLICY", value_enum, hide_possible_values = true, default_value_t = Fsync::Always)]
     fsync: Fsync,
 
     /// Host names requests may be addressed to (the `Host` field), comma-separated, `*` for any; loopback names are always allowed [default: loopback names only when bound to loopback, else any]
