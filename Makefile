@@ -3,11 +3,14 @@
 
 CARGO ?= cargo
 ARGS ?=
+# The event log's directory for `make run` (ignored by git), so history
+# survives restarts; `make run DATA=` keeps it in memory instead.
+DATA ?= data
 
 .PHONY: run build test deps lint bench bench-deps screenshot
 
 run:
-	$(CARGO) run --release -- $(ARGS)
+	$(CARGO) run --release -- $(if $(DATA),--data $(DATA)) $(ARGS)
 
 build:
 	$(CARGO) build --release

@@ -637,12 +637,7 @@ impl Access {
     /// origin, then with the publish token (every topic) or a signed token
     /// (its publish selectors) when either is configured.
     pub fn publisher(&self, head: &Head) -> Result<Grants, Denied> {
-        let cross_origin = || {
-            Denied::new(
-                403,
-                "cross-origin publish refused (see --cors-origin)",
-            )
-        };
+        let cross_origin = || Denied::new(403, "cross-origin publish refused (see --cors-origin)");
         let origin_allowed = origin_may_publish(head, self.cors_origin.as_deref());
         let shared = self.publish_token.as_deref();
         if shared.is_none() && self.signed.is_none() {

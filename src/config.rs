@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::parser::ValueSource;
-use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser};
+use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 use crate::access::{KeySet, SignedTokens};
 use crate::event::{Selector, TopicFilter};
@@ -76,6 +76,14 @@ struct Args {
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
 
+    /// Keep the event log in files under DIR (created if missing), so history survives restarts and crashes; exclusive with --redis
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+
+    /// With --data: how a publish reaches the disk: always (flushed before it is answered), periodic (flushed every 100 ms) or never (left to the OS)
+    #[arg(long, value_name = "POLICY", value_enum, hide_possible_values = true, default_value_t = Fsync::Always)]
+    fsync: Fsync,
+
     /// Host names requests may be addressed to (the `Host` field), comma-separated, `*` for any; loopback names are always allowed [default: loopback names only when bound to loopback, else any]
     #[arg(long, value_name = "HOSTS")]
     allowed_hosts: Option<String>,
@@ -109,6 +117,17 @@ struct Args {
     anonymous_topics: Option<String>,
 }
 
+/// When the file log (`--data`) flushes what it wrote to disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Fsync {
+    /// Before a publish is answered; concurrent publishes share one flush.
+    Always,
+    /// Every 100 ms: a crash may lose the last 100 ms of answered events.
+    Periodic,
+    /// Never asked for: the operating system writes back when it likes.
+    Never,
+}
+
 /// Everything the hub is started with, typed.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -124,6 +143,9 @@ pub struct Config {
     pub subscribe_token: Option<String>,
     pub cors_origin: Option<String>,
     pub redis: Option<String>,
+    /// `--data`: the directory of the file log.
+    pub data: Option<PathBuf>,
+    pub fsync: Fsync,
     /// The names a request's `Host` may give besides the loopback ones;
     /// `None` takes any.
     pub allowed_hosts: Option<Vec<String>>,
@@ -155,6 +177,8 @@ pub enum ConfigError {
         value: String,
         why: String,
     },
+    /// Two options that each choose the same thing (the event log).
+    Exclusive(&'static str, &'static str),
 }
 
 impl fmt::Display for ConfigError {
@@ -172,6 +196,12 @@ impl fmt::Display for ConfigError {
                  --allow-anonymous-publish"
             ),
             ConfigError::Key { option, value, why } => write!(f, "{option}: {value:?}: {why}"),
+            ConfigError::Exclusive(a, b) => {
+                write!(
+                    f,
+                    "{a} and {b} cannot be used together: each is the event log"
+                )
+            }
         }
     }
 }
@@ -334,6 +364,16 @@ impl Config {
                 });
             }
         }
+        if a.data.is_some() && a.redis.is_some() {
+            return Err(ConfigError::Exclusive("--data", "--redis"));
+        }
+        if a.data.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+            return Err(ConfigError::Invalid {
+                option: "--data",
+                value: String::new(),
+                why: "expected a directory",
+            });
+        }
         let signed = signed_tokens(&a)?;
         let anonymous_topics = match &a.anonymous_topics {
             None => TopicFilter::default(),
@@ -375,6 +415,8 @@ impl Config {
             subscribe_token: a.subscribe_token,
             cors_origin: a.cors_origin,
             redis: a.redis,
+            data: a.data,
+            fsync: a.fsync,
             allowed_hosts,
             signed,
             anonymous_topics,
@@ -482,6 +524,8 @@ mod tests {
         assert_eq!(c.max_event_bytes, 65_536);
         assert!(c.publish_token.is_none() && c.subscribe_token.is_none());
         assert!(c.cors_origin.is_none() && c.redis.is_none());
+        assert!(c.data.is_none());
+        assert_eq!(c.fsync, Fsync::Always);
         assert_eq!(c.allowed_hosts, Some(vec![]));
     }
 
@@ -532,6 +576,18 @@ mod tests {
         assert!(refusal(&["--redis", "http://x"]).contains("--redis"));
         assert!(refusal(&["--redis", "rediss://h:1"]).contains("--redis"));
         assert!(parse(&["--redis", "redis://127.0.0.1:6379/2"]).is_ok());
+    }
+
+    #[test]
+    fn data_and_fsync() {
+        let c = parse(&["--data", "/var/lib/ssehub", "--fsync", "periodic"]).unwrap();
+        assert_eq!(c.data, Some(PathBuf::from("/var/lib/ssehub")));
+        assert_eq!(c.fsync, Fsync::Periodic);
+        assert_eq!(parse(&["--fsync", "never"]).unwrap().fsync, Fsync::Never);
+        assert!(refusal(&["--fsync", "sometimes"]).contains("--fsync"));
+        assert!(refusal(&["--data", ""]).contains("--data"));
+        let e = refusal(&["--data", "d", "--redis", "redis://127.0.0.1:6379"]);
+        assert!(e.contains("--data") && e.contains("--redis"), "{e}");
     }
 
     #[test]

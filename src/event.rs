@@ -71,6 +71,11 @@ pub struct IdClock {
 }
 
 impl IdClock {
+    /// A clock whose ids are all above `last` (the newest id a log holds).
+    pub fn after(last: EventId) -> IdClock {
+        IdClock { last: Some(last) }
+    }
+
     /// The next id for an event published at `now_ms`.
     pub fn next(&mut self, now_ms: u64) -> EventId {
         let id = match self.last {
@@ -281,7 +286,6 @@ fn under(prefixes: &[Box<str>], topic: &str) -> bool {
         .any(|p| topic.len() > p.len() && topic.starts_with(&**p))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,6 +356,13 @@ mod tests {
         assert_eq!(clock.next(1000), id(1000, 0));
         assert_eq!(clock.next(10), id(1000, 1));
         assert_eq!(clock.next(999), id(1000, 2));
+        assert_eq!(clock.next(1001), id(1001, 0));
+    }
+
+    #[test]
+    fn a_seeded_clock_continues_above_its_seed() {
+        let mut clock = IdClock::after(id(1000, 7));
+        assert_eq!(clock.next(10), id(1000, 8));
         assert_eq!(clock.next(1001), id(1001, 0));
     }
 

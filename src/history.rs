@@ -292,7 +292,10 @@ mod tests {
     #[test]
     fn replays_after_a_retained_id() {
         let h = filled(100, 1 << 20, 5);
-        assert_eq!(replay(&h, id(2), &TopicFilter::all()), (None, vec![3, 4, 5]));
+        assert_eq!(
+            replay(&h, id(2), &TopicFilter::all()),
+            (None, vec![3, 4, 5])
+        );
     }
 
     #[test]
@@ -329,7 +332,10 @@ mod tests {
     #[test]
     fn the_last_evicted_id_is_no_gap() {
         let h = filled(3, 1 << 20, 10);
-        assert_eq!(replay(&h, id(7), &TopicFilter::all()), (None, vec![8, 9, 10]));
+        assert_eq!(
+            replay(&h, id(7), &TopicFilter::all()),
+            (None, vec![8, 9, 10])
+        );
     }
 
     #[test]

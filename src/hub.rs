@@ -492,9 +492,7 @@ mod tests {
     #[test]
     fn publish_reaches_matching_subscribers_only() {
         let hub = hub(10, 10);
-        let a = hub
-            .subscribe(TopicFilter::topics(["a"]), None, -1)
-            .unwrap();
+        let a = hub.subscribe(TopicFilter::topics(["a"]), None, -1).unwrap();
         let all = hub.subscribe(all(), None, -1).unwrap();
         let p = hub.publish("b", None, "x").unwrap();
         assert_eq!(p.receivers, 1);

@@ -1,10 +1,12 @@
 //! ssehub: a Server-Sent Events hub. `main` reads the config, starts the
 //! logger, binds, runs the accept loop and waits for a signal to shut down;
 //! it holds no protocol logic. Exit 2 for a refused configuration, 1 when the
-//! address cannot be bound or Redis cannot be reached.
+//! address cannot be bound, Redis cannot be reached or the `--data` log
+//! cannot be opened (damaged, in use).
 
 mod access;
 mod config;
+mod disk;
 mod event;
 mod hangup;
 mod history;
@@ -32,6 +34,13 @@ use hub::{Hub, HubLimits};
 /// Streams get this long to write their end before the process exits
 /// (SPEC: exit within 2 seconds).
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+
+/// The thread that feeds the hub from a followed log, to start once the hub
+/// exists.
+enum Follower {
+    Redis(Box<redis::Follower>),
+    Disk(disk::Follower),
+}
 
 fn main() {
     let config = match Config::parse(std::env::args_os(), std::env::vars_os()) {
@@ -67,16 +76,26 @@ fn main() {
         None => log::debug!("futex hash: the kernel's own"),
     }
 
-    // Redis first: a hub that cannot reach it must not look ready.
-    let (log, follower): (Box<dyn EventLog>, _) = match &config.redis {
-        Some(url) => match redis::connect(url, config.history, config.max_event_bytes) {
-            Ok((log, follower)) => (Box::new(log), Some(follower)),
+    // The log first: a hub that cannot reach Redis, or whose files are
+    // damaged or in use, must not look ready.
+    let (log, follower): (Box<dyn EventLog>, _) = match (&config.redis, &config.data) {
+        (Some(url), _) => match redis::connect(url, config.history, config.max_event_bytes) {
+            Ok((log, follower)) => (Box::new(log), Some(Follower::Redis(Box::new(follower)))),
             Err(e) => {
                 eprintln!("ssehub: error: {e}");
                 exit(1);
             }
         },
-        None => (
+        (None, Some(dir)) => {
+            match disk::open(dir, config.history, config.history_bytes, config.fsync) {
+                Ok((log, follower)) => (Box::new(log), Some(Follower::Disk(follower))),
+                Err(e) => {
+                    eprintln!("ssehub: error: {e}");
+                    exit(1);
+                }
+            }
+        }
+        (None, None) => (
             Box::new(MemoryLog::new(config.history, config.history_bytes)),
             None,
         ),
@@ -106,11 +125,12 @@ fn main() {
             client_queue: config.client_queue,
         },
     ));
-    if let Some(follower) = follower {
-        follower
-            .start(hub.clone())
-            .expect("start the redis follower thread");
-    }
+    let started = match follower {
+        Some(Follower::Redis(f)) => f.start(hub.clone()).map(drop),
+        Some(Follower::Disk(f)) => f.start(hub.clone()).map(drop),
+        None => Ok(()),
+    };
+    started.expect("start the follower thread of the event log");
     let hangups = match hangup::Hangups::new() {
         Ok(h) => h,
         Err(e) => {

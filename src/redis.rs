@@ -440,6 +440,9 @@ fn decode((id, fields): Entry) -> Option<SharedFrame> {
 impl Follower {
     /// Starts the follower thread: it runs for the life of the process.
     pub fn start(self, hub: Arc<Hub>) -> std::io::Result<thread::JoinHandle<()>> {
+        // Before any subscriber registers: every later event is fanned out
+        // by the follower.
+        hub.follow_from(self.last);
         thread::Builder::new()
             .name("redis-follower".into())
             .stack_size(256 * 1024)
@@ -447,7 +450,6 @@ impl Follower {
     }
 
     fn run(mut self, hub: &Hub) {
-        hub.follow_from(self.last);
         let mut backoff = BACKOFF_FIRST;
         loop {
             let mut con = match self.con.take() {

@@ -5,6 +5,7 @@ mod harness;
 mod access;
 mod browser;
 mod cgroup;
+mod disk;
 mod hostile;
 mod limits;
 mod metrics;

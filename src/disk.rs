@@ -1,0 +1,1824 @@
+//! The event log in files under `--data DIR`: append-only segment files of
+//! records that carry their length and a checksum, an index rebuilt at start
+//! (in memory), group commit by one flusher thread, retention by whole files,
+//! and the follower that hands durable events to the hub in id order. Its own
+//! lock is held across one write(2) at most, never across a flush; nothing
+//! here takes the hub lock.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::config::Fsync;
+use crate::event::{self, EventId, IdClock, TopicFilter};
+use crate::history::{now_ms, EventLog, LogError, Page, PAGE_BYTES, PAGE_EVENTS, PAGE_SCAN};
+use crate::hub::Hub;
+use crate::sse::{Event, Frame, SharedFrame};
+
+/// A record's header: the payload's length and the CRC-32 of the length and
+/// the payload, both little-endian u32.
+const HEADER: usize = 8;
+/// The payload before its strings: the id (ms, seq: u64 each), then the
+/// lengths of the topic and the event name (u16 each; 0 for no name), then
+/// topic, name and data, all UTF-8.
+const FIXED: usize = 20;
+/// The largest payload read back: the largest event `--max-event-bytes`
+/// allows and its names. Anything longer is damage.
+const MAX_PAYLOAD: usize = FIXED + 2 * event::MAX_NAME_BYTES + (64 << 20);
+/// A file rolls over at an eighth of `--history-bytes` (within these bounds)
+/// or of `--history`, so whole-file retention keeps at most an eighth more
+/// than the bounds, and disk use stays within `--history-bytes` plus one file.
+const SEGMENT_PARTS: usize = 8;
+const SEGMENT_MIN_BYTES: u64 = 4 << 10;
+const SEGMENT_MAX_BYTES: u64 = 64 << 20;
+/// One index entry (id, offset) per this many records: 1,000,000 events
+/// take 16,000 entries (384 KB), and a look-up reads at most this many
+/// records past its entry.
+const MARK_EVERY: usize = 64;
+/// `--fsync periodic`.
+const PERIOD: Duration = Duration::from_millis(100);
+/// The newest durable frames kept in memory too: the follower and readers
+/// near the live edge share them instead of reading and decoding the file.
+const RECENT_EVENTS: usize = 4096;
+const RECENT_BYTES: usize = 8 << 20;
+/// Bytes read from a file at once.
+const READ_CHUNK: usize = 64 << 10;
+const LOCK_FILE: &str = "lock";
+const SUFFIX: &str = ".log";
+
+/// Why the log cannot be opened: printed to stderr, exit status 1.
+#[derive(Debug)]
+pub enum OpenError {
+    /// Another process holds the directory's lock.
+    InUse(PathBuf),
+    /// A record that is not the torn end of the log fails its checks.
+    Damaged {
+        file: PathBuf,
+        offset: u64,
+        why: &'static str,
+    },
+    /// The directory or a file in it cannot be created, read or locked.
+    Io { path: PathBuf, error: io::Error },
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::InUse(dir) => {
+                write!(f, "--data: {} is in use by another process", dir.display())
+            }
+            OpenError::Damaged { file, offset, why } => write!(
+                f,
+                "--data: damaged record in {} at offset {offset}: {why}",
+                file.display()
+            ),
+            OpenError::Io { path, error } => write!(f, "--data: {}: {error}", path.display()),
+        }
+    }
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> OpenError + '_ {
+    move |error| OpenError::Io {
+        path: path.to_path_buf(),
+        error,
+    }
+}
+
+/// One decoded record, borrowing its strings from a read buffer.
+#[derive(Debug)]
+struct Record<'a> {
+    id: EventId,
+    topic: &'a str,
+    name: Option<&'a str>,
+    data: &'a str,
+}
+
+impl Record<'_> {
+    fn frame(&self) -> SharedFrame {
+        Arc::new(Frame::new(
+            self.id,
+            &Event::new(self.topic, self.name, self.data),
+        ))
+    }
+}
+
+/// `event` as a record with a zero id, to be `seal`ed under the log's lock.
+fn encode(event: &Event) -> Vec<u8> {
+    let name = event.name.unwrap_or("");
+    let len = FIXED + event.topic.len() + name.len() + event.data.len();
+    let mut out = Vec::with_capacity(HEADER + len);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4 + 16]);
+    // Names are checked to be at most 256 bytes before they get here.
+    out.extend_from_slice(&(event.topic.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    out.extend_from_slice(event.topic.as_bytes());
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(event.data.as_bytes());
+    out
+}
+
+/// Puts `id` and the checksum into an `encode`d record.
+fn seal(record: &mut [u8], id: EventId) {
+    record[HEADER..HEADER + 8].copy_from_slice(&id.ms.to_le_bytes());
+    record[HEADER + 8..HEADER + 16].copy_from_slice(&id.seq.to_le_bytes());
+    let crc = checksum(&record[..4], &record[HEADER..]);
+    record[4..8].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn checksum(len: &[u8], payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(len);
+    h.update(payload);
+    h.finalize()
+}
+
+fn u32_at(b: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(b: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"))
+}
+
+/// A whole record (header and payload), checked.
+fn parse(record: &[u8]) -> Result<Record<'_>, &'static str> {
+    let (head, p) = record.split_at(HEADER);
+    if checksum(&head[..4], p) != u32_at(head, 4) {
+        return Err("checksum mismatch");
+    }
+    let topic_len = u16::from_le_bytes([p[16], p[17]]) as usize;
+    let name_len = u16::from_le_bytes([p[18], p[19]]) as usize;
+    let rest = &p[FIXED..];
+    if topic_len + name_len > rest.len() {
+        return Err("lengths beyond the record");
+    }
+    let text = |b| std::str::from_utf8(b).map_err(|_| "text that is not UTF-8");
+    let topic = text(&rest[..topic_len])?;
+    let name = text(&rest[topic_len..topic_len + name_len])?;
+    let data = text(&rest[topic_len + name_len..])?;
+    // As `POST /events` checks them, so that no file can inject fields
+    // into an event stream.
+    event::check_name("topic", topic).map_err(|_| "invalid topic")?;
+    if !name.is_empty() {
+        event::check_event_name(name).map_err(|_| "invalid event name")?;
+    }
+    Ok(Record {
+        id: EventId {
+            ms: u64_at(p, 0),
+            seq: u64_at(p, 8),
+        },
+        topic,
+        name: (!name.is_empty()).then_some(name),
+        data,
+    })
+}
+
+/// Why a scan stopped early.
+#[derive(Debug)]
+enum Bad {
+    Io(io::Error),
+    Damaged { offset: u64, why: &'static str },
+}
+
+/// Reads the records of one file between two offsets through a buffer.
+struct Scan {
+    file: Arc<File>,
+    pos: u64,
+    end: u64,
+    buf: Vec<u8>,
+    /// The file offset of `buf[0]`.
+    buf_at: u64,
+}
+
+impl Scan {
+    fn new(file: Arc<File>, pos: u64, end: u64) -> Scan {
+        Scan {
+            file,
+            pos,
+            end,
+            buf: Vec::new(),
+            buf_at: 0,
+        }
+    }
+
+    fn at_end(&self) -> bool {
+        self.pos >= self.end
+    }
+
+    /// Makes `file[at..at + n]` readable in `buf`; false if it reaches past
+    /// `end`.
+    fn window(&mut self, at: u64, n: usize) -> io::Result<bool> {
+        if at + n as u64 > self.end {
+            return Ok(false);
+        }
+        if at >= self.buf_at && at + n as u64 <= self.buf_at + self.buf.len() as u64 {
+            return Ok(true);
+        }
+        let want = (n.max(READ_CHUNK) as u64).min(self.end - at) as usize;
+        self.buf.resize(want, 0);
+        self.file.read_exact_at(&mut self.buf, at)?;
+        self.buf_at = at;
+        Ok(true)
+    }
+
+    /// The next record and its offset; None at `end`.
+    fn next(&mut self) -> Result<Option<(u64, Record<'_>)>, Bad> {
+        let at = self.pos;
+        if at >= self.end {
+            return Ok(None);
+        }
+        let damaged = |why| Bad::Damaged { offset: at, why };
+        if !self.window(at, HEADER).map_err(Bad::Io)? {
+            return Err(damaged("header cut short"));
+        }
+        let i = (at - self.buf_at) as usize;
+        let len = u32_at(&self.buf, i) as usize;
+        if !(FIXED..=MAX_PAYLOAD).contains(&len) {
+            return Err(damaged("impossible length"));
+        }
+        if !self.window(at, HEADER + len).map_err(Bad::Io)? {
+            return Err(damaged("record cut short"));
+        }
+        self.pos = at + (HEADER + len) as u64;
+        let i = (at - self.buf_at) as usize;
+        let record = parse(&self.buf[i..i + HEADER + len]).map_err(damaged)?;
+        Ok(Some((at, record)))
+    }
+}
+
+/// How far a file is written, or readable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Extent {
+    len: u64,
+    count: usize,
+    last: Option<EventId>,
+}
+
+/// One file of the log.
+#[derive(Debug)]
+struct Segment {
+    path: PathBuf,
+    file: Arc<File>,
+    /// What was written to it.
+    written: Extent,
+    /// What readers may see: flushed under `--fsync always`, else written.
+    visible: Extent,
+    /// (id, offset) of its 0th, MARK_EVERYth, … record: ids and offsets grow.
+    marks: Vec<(EventId, u64)>,
+    /// Bytes past `written.len` that could not be cut off yet: cut before
+    /// the next write.
+    cut: bool,
+}
+
+impl Segment {
+    fn new(path: PathBuf, file: File) -> Segment {
+        Segment {
+            path,
+            file: Arc::new(file),
+            written: Extent::default(),
+            visible: Extent::default(),
+            marks: Vec::new(),
+            cut: false,
+        }
+    }
+
+    fn push(&mut self, at: u64, id: EventId, size: usize) {
+        if self.written.count.is_multiple_of(MARK_EVERY) {
+            self.marks.push((id, at));
+        }
+        self.written = Extent {
+            len: at + size as u64,
+            count: self.written.count + 1,
+            last: Some(id),
+        };
+    }
+
+    /// The first id readers may see.
+    fn first(&self) -> Option<EventId> {
+        (self.visible.count > 0).then(|| self.marks[0].0)
+    }
+
+    /// Where to start reading for the first record after `after`: the
+    /// offset of the last index entry not above it.
+    fn start_for(&self, after: EventId) -> u64 {
+        let visible = self.marks.partition_point(|m| m.1 < self.visible.len);
+        let k = self.marks[..visible].partition_point(|m| m.0 <= after);
+        k.checked_sub(1).map_or(0, |k| self.marks[k].1)
+    }
+
+    /// Forgets what was written but not made visible, cutting it off the
+    /// file (or marking it to be cut before the next write).
+    fn revert(&mut self) {
+        if self.written.len > self.visible.len {
+            self.cut = self.file.set_len(self.visible.len).is_err();
+        }
+        self.written = self.visible;
+        let len = self.written.len;
+        self.marks.retain(|m| m.1 < len);
+    }
+}
+
+fn segment_name(number: u64) -> String {
+    format!("{number:020}{SUFFIX}")
+}
+
+/// Everything behind the log's lock.
+struct State {
+    /// Oldest first; appends go to the last.
+    segments: VecDeque<Segment>,
+    next_number: u64,
+    clock: IdClock,
+    /// Written under `--fsync always`, not flushed yet, in id order.
+    unsynced: Vec<SharedFrame>,
+    /// Written since the last flush (`--fsync periodic`).
+    dirty: bool,
+    /// A new file's name is not flushed into the directory yet.
+    dir_unsynced: bool,
+    /// The newest id readers may see.
+    visible_id: Option<EventId>,
+    /// The newest id of the newest file removed: a reader that saw it
+    /// missed nothing that is still retained.
+    evicted_upto: Option<EventId>,
+    /// The newest visible frames: every one above `recent_floor`.
+    recent: VecDeque<SharedFrame>,
+    recent_bytes: usize,
+    recent_floor: Option<EventId>,
+    /// Counts failed flushes: an appender whose flush failed sees it change.
+    epoch: u64,
+    failure: String,
+    closing: bool,
+    /// Tests hold the flusher back to look at what is not durable yet.
+    #[cfg(test)]
+    hold: bool,
+}
+
+/// What the log, its flusher and its follower share.
+struct Shared {
+    dir: PathBuf,
+    fsync: Fsync,
+    history: usize,
+    history_bytes: u64,
+    segment_bytes: u64,
+    segment_events: usize,
+    state: Mutex<State>,
+    /// Wakes the flusher.
+    flush: Condvar,
+    /// Wakes appenders waiting for their flush, and the follower.
+    visible: Condvar,
+    /// Whether the last write or flush succeeded.
+    up: AtomicBool,
+}
+
+/// The event log of `--data DIR`.
+pub struct DiskLog {
+    shared: Arc<Shared>,
+    flusher: Option<thread::JoinHandle<()>>,
+    /// Held (flock) for the life of the log: one process per directory.
+    _lock: File,
+}
+
+/// The thread-to-be that hands durable events to the hub, in id order.
+pub struct Follower {
+    shared: Arc<Shared>,
+    /// The newest id handed on (or on disk at open).
+    last: Option<EventId>,
+}
+
+/// Takes the directory's lock, or says who has it.
+fn lock(dir: &Path) -> Result<File, OpenError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_at(&path))?;
+    // SAFETY: flock on a descriptor we own; it only reads its arguments.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(OpenError::InUse(dir.to_path_buf()));
+        }
+        return Err(OpenError::Io { path, error });
+    }
+    Ok(file)
+}
+
+/// Whether an intact record starts anywhere in `file` after `offset`: then
+/// the damage at `offset` is not the torn end of the log.
+fn intact_after(file: &File, offset: u64, len: u64) -> io::Result<bool> {
+    let mut rest = vec![0; (len - offset) as usize];
+    file.read_exact_at(&mut rest, offset)?;
+    Ok((1..rest.len().saturating_sub(HEADER + FIXED - 1)).any(|i| {
+        let n = u32_at(&rest, i) as usize;
+        (FIXED..=MAX_PAYLOAD).contains(&n)
+            && i + HEADER + n <= rest.len()
+            && parse(&rest[i..i + HEADER + n]).is_ok()
+    }))
+}
+
+/// Reads one file back into a segment. Damage at the end of the newest
+/// file is a record torn by a crash: cut off, with a warning.
+fn load(
+    path: PathBuf,
+    newest_file: bool,
+    newest: &mut Option<EventId>,
+) -> Result<Segment, OpenError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io_at(&path))?;
+    let len = file.metadata().map_err(io_at(&path))?.len();
+    let mut seg = Segment::new(path, file);
+    let mut scan = Scan::new(seg.file.clone(), 0, len);
+    scan.buf.reserve(1 << 20);
+    let damage = loop {
+        match scan.next() {
+            Ok(None) => break None,
+            Ok(Some((at, record))) => {
+                if Some(record.id) <= *newest {
+                    break Some((at, "id not above the one before"));
+                }
+                *newest = Some(record.id);
+                let id = record.id;
+                let size = (scan.pos - at) as usize;
+                seg.push(at, id, size);
+            }
+            Err(Bad::Io(e)) => return Err(io_at(&seg.path)(e)),
+            Err(Bad::Damaged { offset, why }) => break Some((offset, why)),
+        }
+    };
+    if let Some((offset, why)) = damage {
+        let torn =
+            newest_file && !intact_after(&seg.file, offset, len).map_err(io_at(&seg.path))?;
+        if !torn {
+            return Err(OpenError::Damaged {
+                file: seg.path,
+                offset,
+                why,
+            });
+        }
+        log::warn!(
+            "event log: cut off a record torn at offset {offset} of {} ({why}, {} bytes): \
+             it was never answered",
+            seg.path.display(),
+            len - offset
+        );
+        seg.file
+            .set_len(offset)
+            .and_then(|()| seg.file.sync_all())
+            .map_err(io_at(&seg.path))?;
+    }
+    seg.visible = seg.written;
+    Ok(seg)
+}
+
+/// Opens (or creates) the log in `dir`: takes its lock, reads every file
+/// back and checks every record, and starts the flusher thread. The
+/// follower is returned to be started once the hub exists.
+pub fn open(
+    dir: &Path,
+    history: usize,
+    history_bytes: usize,
+    fsync: Fsync,
+) -> Result<(DiskLog, Follower), OpenError> {
+    let started = Instant::now();
+    fs::create_dir_all(dir).map_err(io_at(dir))?;
+    let lock = lock(dir)?;
+    let mut numbers: Vec<u64> = fs::read_dir(dir)
+        .map_err(io_at(dir))?
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name();
+            let stem = name.to_str()?.strip_suffix(SUFFIX)?;
+            (stem.len() == 20).then(|| stem.parse().ok())?
+        })
+        .collect();
+    numbers.sort_unstable();
+    let mut segments = VecDeque::new();
+    let mut newest = None;
+    for (i, number) in numbers.iter().enumerate() {
+        let newest_file = i + 1 == numbers.len();
+        let seg = load(dir.join(segment_name(*number)), newest_file, &mut newest)?;
+        if seg.written.count == 0 && !newest_file {
+            fs::remove_file(&seg.path).map_err(io_at(&seg.path))?;
+            continue;
+        }
+        segments.push_back(seg);
+    }
+    let segment_bytes = (history_bytes / SEGMENT_PARTS) as u64;
+    let shared = Arc::new(Shared {
+        dir: dir.to_path_buf(),
+        fsync,
+        history,
+        history_bytes: history_bytes as u64,
+        segment_bytes: segment_bytes.clamp(SEGMENT_MIN_BYTES, SEGMENT_MAX_BYTES),
+        segment_events: (history / SEGMENT_PARTS).max(1),
+        state: Mutex::new(State {
+            segments,
+            next_number: numbers.last().map_or(0, |n| n + 1),
+            clock: newest.map(IdClock::after).unwrap_or_default(),
+            unsynced: Vec::new(),
+            dirty: false,
+            dir_unsynced: false,
+            visible_id: newest,
+            evicted_upto: None,
+            recent: VecDeque::new(),
+            recent_bytes: 0,
+            recent_floor: newest,
+            epoch: 0,
+            failure: String::new(),
+            closing: false,
+            #[cfg(test)]
+            hold: false,
+        }),
+        flush: Condvar::new(),
+        visible: Condvar::new(),
+        up: AtomicBool::new(true),
+    });
+    let removed = shared.lock().retain(&shared);
+    remove(removed);
+    let flusher = match fsync {
+        Fsync::Never => None,
+        _ => {
+            let shared = shared.clone();
+            let thread = thread::Builder::new()
+                .name("disk-flusher".into())
+                .stack_size(256 * 1024)
+                .spawn(move || match shared.fsync {
+                    Fsync::Always => shared.flush_always(),
+                    _ => shared.flush_periodic(),
+                })
+                .map_err(io_at(dir))?;
+            Some(thread)
+        }
+    };
+    let log = DiskLog {
+        shared: shared.clone(),
+        flusher,
+        _lock: lock,
+    };
+    log::info!(
+        "event log: {} events in {}, opened in {} ms",
+        log.len(),
+        dir.display(),
+        started.elapsed().as_millis()
+    );
+    Ok((
+        log,
+        Follower {
+            shared,
+            last: newest,
+        },
+    ))
+}
+
+/// Removes files retention let go of (outside the lock: a reader that still
+/// has one open reads on).
+fn remove(paths: Vec<PathBuf>) {
+    for path in paths {
+        if let Err(e) = fs::remove_file(&path) {
+            log::warn!("event log: cannot remove {}: {e}", path.display());
+        }
+    }
+}
+
+impl State {
+    /// Writes `record` (sealed under `id`) at the end of the newest file,
+    /// rolling over to a new file first if the newest is full. A failed
+    /// write is cut off again, so no reader and no restart sees part of it.
+    fn write(&mut self, sh: &Shared, record: &[u8], id: EventId) -> io::Result<()> {
+        for seg in self.segments.iter_mut().filter(|s| s.cut) {
+            seg.file.set_len(seg.written.len)?;
+            seg.cut = false;
+        }
+        if self.dir_unsynced {
+            File::open(&sh.dir)?.sync_all()?;
+            self.dir_unsynced = false;
+        }
+        let full = |s: &Segment| {
+            s.written.count > 0
+                && (s.written.len + record.len() as u64 > sh.segment_bytes
+                    || s.written.count >= sh.segment_events)
+        };
+        if self.segments.back().is_none_or(full) {
+            self.roll(sh)?;
+        }
+        let seg = self.segments.back_mut().expect("rolled over");
+        let at = seg.written.len;
+        if let Err(e) = seg.file.write_all_at(record, at) {
+            seg.cut = seg.file.set_len(at).is_err();
+            return Err(e);
+        }
+        seg.push(at, id, record.len());
+        Ok(())
+    }
+
+    /// Starts a new file. The full one is flushed first, whatever --fsync
+    /// says (once per file), so a record torn by a crash can only be at the
+    /// end of the newest file; the new name is flushed into the directory
+    /// before any record in it is answered.
+    fn roll(&mut self, sh: &Shared) -> io::Result<()> {
+        if let Some(full) = self.segments.back() {
+            full.file.sync_data()?;
+        }
+        let path = sh.dir.join(segment_name(self.next_number));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        self.next_number += 1;
+        self.segments.push_back(Segment::new(path, file));
+        self.dir_unsynced = true;
+        File::open(&sh.dir)?.sync_all()?;
+        self.dir_unsynced = false;
+        Ok(())
+    }
+
+    /// Makes `frames` visible, oldest first: they are written (and flushed,
+    /// as --fsync asks) up to `extent` of `file`, and every file before it
+    /// is complete.
+    fn reveal(&mut self, file: &Arc<File>, extent: Extent, frames: Vec<SharedFrame>) {
+        for seg in self.segments.iter_mut() {
+            if Arc::ptr_eq(&seg.file, file) {
+                seg.visible = extent;
+                break;
+            }
+            seg.visible = seg.written;
+        }
+        for frame in frames {
+            self.visible_id = Some(frame.id);
+            self.recent_bytes += frame.bytes.len();
+            self.recent.push_back(frame);
+        }
+        while self.recent.len() > RECENT_EVENTS || self.recent_bytes > RECENT_BYTES {
+            let old = self.recent.pop_front().expect("over the bound");
+            self.recent_bytes -= old.bytes.len();
+            self.recent_floor = Some(old.id);
+        }
+    }
+
+    /// Removes the oldest whole files while the newer ones still hold
+    /// `--history` events or `--history-bytes` bytes, but never the newest
+    /// file with events in it (it holds the id the clock goes on from).
+    /// Returns the files to remove.
+    fn retain(&mut self, sh: &Shared) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
+        let mut events: usize = self.segments.iter().map(|s| s.visible.count).sum();
+        let mut bytes: u64 = self.segments.iter().map(|s| s.visible.len).sum();
+        while let Some(front) = self.segments.front() {
+            let newest_with_events = self.segments.iter().rposition(|s| s.visible.count > 0);
+            let closed = front.visible == front.written;
+            if newest_with_events.is_none_or(|i| i == 0) || !closed {
+                break;
+            }
+            let rest_events = events - front.visible.count;
+            let rest_bytes = bytes - front.visible.len;
+            if rest_events < sh.history && rest_bytes < sh.history_bytes {
+                break;
+            }
+            let front = self.segments.pop_front().expect("a front segment");
+            (events, bytes) = (rest_events, rest_bytes);
+            if front.visible.last.is_some() {
+                self.evicted_upto = front.visible.last;
+            }
+            removed.push(front.path);
+        }
+        removed
+    }
+
+    fn oldest(&self) -> Option<EventId> {
+        self.segments.iter().find_map(Segment::first)
+    }
+
+    /// A page from the frames in memory, if they hold every frame after
+    /// `after` and, for a replay, no gap precedes them (the follower takes
+    /// them even if retention removed them from the files meanwhile).
+    fn recent_page(
+        &self,
+        after: Option<EventId>,
+        topics: &TopicFilter,
+        replay: bool,
+        max_bytes: usize,
+    ) -> Option<Page> {
+        let covered = match (after, self.recent_floor) {
+            (_, None) => true,
+            (None, Some(_)) => false,
+            (Some(a), Some(floor)) => a >= floor,
+        };
+        if !covered {
+            return None;
+        }
+        let lo = self.recent.partition_point(|f| Some(f.id) <= after);
+        let below = match lo.checked_sub(1) {
+            Some(i) => Some(self.recent[i].id),
+            None => self.recent_floor.filter(|f| Some(*f) == after),
+        };
+        let oldest = self.oldest();
+        if let Some(a) = after.filter(|_| replay) {
+            let retained = below == Some(a) && oldest.is_some_and(|o| a >= o);
+            if !retained && Some(a) != self.evicted_upto {
+                return None;
+            }
+        }
+        let mut pager = Pager::new(topics, max_bytes);
+        pager.page.scanned = below.filter(|b| !replay || oldest.is_some_and(|o| *b >= o));
+        let mut looked = lo;
+        for frame in self.recent.range(lo..) {
+            looked += 1;
+            if !pager.take(frame.id, &frame.topic, || frame.clone()) {
+                break;
+            }
+        }
+        pager.page.end = looked == self.recent.len();
+        Some(pager.page)
+    }
+}
+
+/// Fills one page within its bounds.
+struct Pager<'t> {
+    topics: &'t TopicFilter,
+    page: Page,
+    bytes: usize,
+    max_bytes: usize,
+    looked: usize,
+}
+
+impl<'t> Pager<'t> {
+    fn new(topics: &'t TopicFilter, max_bytes: usize) -> Pager<'t> {
+        Pager {
+            topics,
+            page: Page::default(),
+            bytes: 0,
+            max_bytes: max_bytes.min(PAGE_BYTES),
+            looked: 0,
+        }
+    }
+
+    /// Looks at one entry; false once the page is full.
+    fn take(&mut self, id: EventId, topic: &str, frame: impl FnOnce() -> SharedFrame) -> bool {
+        self.looked += 1;
+        self.page.scanned = Some(id);
+        if self.topics.matches(topic) {
+            let frame = frame();
+            self.bytes += frame.bytes.len();
+            self.page.frames.push(frame);
+        }
+        self.page.frames.len() < PAGE_EVENTS
+            && self.bytes < self.max_bytes
+            && self.looked < PAGE_SCAN
+    }
+}
+
+/// A read across files, in order, up to what was visible when it began.
+struct Walk {
+    /// (file, path, start offset, visible length), oldest first.
+    spans: VecDeque<(Arc<File>, PathBuf, u64, u64)>,
+    scan: Option<(Scan, PathBuf)>,
+}
+
+impl Walk {
+    /// Moves on to a file with something left to read; false at the end.
+    fn ready(&mut self) -> bool {
+        loop {
+            if self.scan.as_ref().is_some_and(|(s, _)| !s.at_end()) {
+                return true;
+            }
+            let Some((file, path, start, end)) = self.spans.pop_front() else {
+                return false;
+            };
+            self.scan = Some((Scan::new(file, start, end), path));
+        }
+    }
+
+    fn next(&mut self) -> Result<Option<Record<'_>>, LogError> {
+        if !self.ready() {
+            return Ok(None);
+        }
+        let (scan, path) = self.scan.as_mut().expect("ready");
+        match scan.next() {
+            Ok(record) => Ok(record.map(|(_, r)| r)),
+            Err(Bad::Io(e)) => {
+                log::error!("event log: cannot read {}: {e}", path.display());
+                Err(LogError(format!("event log: cannot read: {e}")))
+            }
+            Err(Bad::Damaged { offset, why }) => {
+                let at = format!("{} at offset {offset}", path.display());
+                log::error!("event log: damaged record in {at}: {why}");
+                Err(LogError(format!("event log: damaged record in {at}")))
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every mutation of the state finishes before anything that can
+        // panic, so a poisoned lock still guards a consistent log.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn append(&self, event: &Event) -> Result<SharedFrame, LogError> {
+        let mut record = encode(event);
+        let now = now_ms();
+        let mut st = self.lock();
+        if st.closing {
+            return Err(LogError("event log closed".into()));
+        }
+        let id = st.clock.next(now);
+        seal(&mut record, id);
+        if let Err(e) = st.write(self, &record, id) {
+            drop(st);
+            if self.up.swap(false, Ordering::Relaxed) {
+                log::error!(
+                    "event log: cannot write in {}: {e}; publishing answers 503 until writes \
+                     succeed again, open streams stay open",
+                    self.dir.display()
+                );
+            }
+            return Err(LogError(format!("event log: cannot write: {e}")));
+        }
+        let frame = Arc::new(Frame::new(id, event));
+        let mut removed = Vec::new();
+        if self.fsync == Fsync::Always {
+            st.unsynced.push(frame.clone());
+            self.flush.notify_one();
+            let epoch = st.epoch;
+            while st.visible_id < Some(id) {
+                if st.epoch != epoch {
+                    return Err(LogError(format!("event log: cannot flush: {}", st.failure)));
+                }
+                st = self.visible.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+        } else {
+            let newest = st.segments.back().expect("written");
+            let (extent, file) = (newest.written, newest.file.clone());
+            st.reveal(&file, extent, vec![frame.clone()]);
+            removed = st.retain(self);
+            if !st.dirty {
+                st.dirty = true;
+                self.flush.notify_one();
+            }
+            self.visible.notify_all();
+        }
+        drop(st);
+        remove(removed);
+        if !self.up.swap(true, Ordering::Relaxed) {
+            log::info!("event log: writing again");
+        }
+        Ok(frame)
+    }
+
+    /// `--fsync always`: one flush for everything written since the last
+    /// one (group commit), then the appenders it covers are answered. A
+    /// failed flush fails them all and cuts their records off: after a
+    /// failed fsync nobody can tell what reached the disk.
+    fn flush_always(&self) {
+        let mut st = self.lock();
+        loop {
+            while (st.unsynced.is_empty() || st.held()) && !st.closing {
+                st = self.flush.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+            if st.unsynced.is_empty() {
+                return;
+            }
+            let batch = std::mem::take(&mut st.unsynced);
+            let newest = st.segments.back().expect("written");
+            let (extent, file) = (newest.written, newest.file.clone());
+            drop(st);
+            let result = file.sync_data();
+            st = self.lock();
+            match result {
+                Ok(()) => {
+                    st.reveal(&file, extent, batch);
+                    let removed = st.retain(self);
+                    self.visible.notify_all();
+                    drop(st);
+                    remove(removed);
+                    st = self.lock();
+                }
+                Err(e) => {
+                    log::error!(
+                        "event log: cannot flush in {}: {e}; the events not flushed were \
+                         answered 503",
+                        self.dir.display()
+                    );
+                    self.up.store(false, Ordering::Relaxed);
+                    st.unsynced.clear();
+                    for seg in st.segments.iter_mut() {
+                        seg.revert();
+                    }
+                    st.epoch += 1;
+                    st.failure = e.to_string();
+                    self.visible.notify_all();
+                }
+            }
+        }
+    }
+
+    /// `--fsync periodic`: a flush at most every PERIOD while there are
+    /// writes to flush.
+    fn flush_periodic(&self) {
+        let mut st = self.lock();
+        let mut flushed_at = Instant::now();
+        loop {
+            while !st.dirty && !st.closing {
+                st = self.flush.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+            if st.closing {
+                return;
+            }
+            let due = flushed_at + PERIOD;
+            while !st.closing && Instant::now() < due {
+                let left = due.saturating_duration_since(Instant::now());
+                st = self
+                    .flush
+                    .wait_timeout(st, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            st.dirty = false;
+            let file = st.segments.back().expect("written").file.clone();
+            drop(st);
+            if let Err(e) = file.sync_data() {
+                log::error!("event log: cannot flush in {}: {e}", self.dir.display());
+                self.up.store(false, Ordering::Relaxed);
+            }
+            flushed_at = Instant::now();
+            st = self.lock();
+        }
+    }
+
+    /// A page after `after` (None: from the oldest, no gap), as
+    /// `History::read` reads one. A `replay` honours `--history 0`; the
+    /// follower reads what was written anyway.
+    fn read(
+        &self,
+        after: Option<EventId>,
+        topics: &TopicFilter,
+        replay: bool,
+        max_bytes: usize,
+    ) -> Result<Page, LogError> {
+        let st = self.lock();
+        if let Some(a) = after.filter(|a| Some(*a) == st.visible_id) {
+            return Ok(Page {
+                scanned: Some(a),
+                end: true,
+                ..Page::default()
+            });
+        }
+        if replay && self.history == 0 {
+            return Ok(Page {
+                gap: after.map(|_| None),
+                end: true,
+                ..Page::default()
+            });
+        }
+        if let Some(page) = st.recent_page(after, topics, replay, max_bytes) {
+            return Ok(page);
+        }
+        let live = st.segments.iter().filter(|s| s.visible.count > 0);
+        let firsts: Vec<EventId> = live.clone().filter_map(Segment::first).collect();
+        let mut spans: VecDeque<_> = live
+            .clone()
+            .map(|s| (s.file.clone(), s.path.clone(), 0, s.visible.len))
+            .collect();
+        if let Some(a) = after {
+            let i = firsts.partition_point(|f| *f <= a);
+            if let Some(i) = i.checked_sub(1) {
+                spans.drain(..i);
+                spans[0].2 = live.clone().nth(i).expect("as many as firsts").start_for(a);
+            }
+        }
+        let gap_unless_known =
+            (after.is_some() && after != st.evicted_upto).then(|| firsts.first().copied());
+        drop(st);
+
+        let mut walk = Walk { spans, scan: None };
+        let mut pager = Pager::new(topics, max_bytes);
+        let mut known = false;
+        let mut full = false;
+        // The few records from the index entry up to `after`.
+        while let Some(record) = walk.next()? {
+            if Some(record.id) <= after {
+                known |= Some(record.id) == after;
+                pager.page.scanned = Some(record.id);
+                continue;
+            }
+            full = !pager.take(record.id, record.topic, || record.frame());
+            break;
+        }
+        if !known {
+            pager.page.gap = gap_unless_known;
+        }
+        while !full {
+            let Some(record) = walk.next()? else {
+                break;
+            };
+            full = !pager.take(record.id, record.topic, || record.frame());
+        }
+        pager.page.end = !walk.ready();
+        Ok(pager.page)
+    }
+}
+
+impl State {
+    #[cfg(test)]
+    fn held(&self) -> bool {
+        self.hold
+    }
+
+    #[cfg(not(test))]
+    fn held(&self) -> bool {
+        false
+    }
+}
+
+impl EventLog for DiskLog {
+    /// Returns once the record is written and, under `--fsync always`,
+    /// flushed. On a failed write or flush nothing of it is kept.
+    fn append(&self, event: &Event) -> Result<SharedFrame, LogError> {
+        self.shared.append(event)
+    }
+
+    /// Only records that are durable as --fsync says, never one being
+    /// written.
+    fn read(
+        &self,
+        after: Option<EventId>,
+        topics: &TopicFilter,
+        max_bytes: usize,
+    ) -> Result<Page, LogError> {
+        self.shared.read(after, topics, true, max_bytes)
+    }
+
+    fn oldest(&self) -> Option<EventId> {
+        match self.shared.history {
+            0 => None,
+            _ => self.shared.lock().oldest(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self.shared.history {
+            0 => 0,
+            _ => self
+                .shared
+                .lock()
+                .segments
+                .iter()
+                .map(|s| s.visible.count)
+                .sum(),
+        }
+    }
+
+    /// Events reach subscribers through the follower, once durable.
+    fn followed(&self) -> bool {
+        true
+    }
+
+    /// Whether the last write (and flush) succeeded.
+    fn up(&self) -> bool {
+        self.shared.up.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for DiskLog {
+    fn drop(&mut self) {
+        self.shared.lock().closing = true;
+        self.shared.flush.notify_all();
+        self.shared.visible.notify_all();
+        if let Some(flusher) = self.flusher.take() {
+            let _ = flusher.join();
+        }
+    }
+}
+
+impl Follower {
+    /// Starts the follower thread for `hub`: it runs for the life of the
+    /// log. Should it fall so far behind that retention removed events it
+    /// had not handed on, every stream is ended, so that its client replays
+    /// and learns of the gap.
+    pub fn start(self, hub: Arc<Hub>) -> io::Result<thread::JoinHandle<()>> {
+        if let Some(at) = self.last {
+            hub.follow_from(at);
+        }
+        let ends = hub.clone();
+        self.spawn(
+            move |frames| hub.fan_out_followed(frames),
+            move || {
+                let ended = ends.end_streams();
+                log::warn!(
+                    "event log: events were removed before the follower handed them on: \
+                     ended {ended} streams so their clients replay and see the gap"
+                );
+            },
+        )
+    }
+
+    /// Starts the follower thread: after each flush it calls `feed` with
+    /// the newly durable frames, oldest first, and `lost` if it fell so far
+    /// behind that retention removed frames it had not handed on. It ends
+    /// when the log is dropped.
+    pub fn spawn(
+        self,
+        mut feed: impl FnMut(&[SharedFrame]) + Send + 'static,
+        mut lost: impl FnMut() + Send + 'static,
+    ) -> io::Result<thread::JoinHandle<()>> {
+        thread::Builder::new()
+            .name("disk-follower".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let sh = self.shared;
+                let mut last = self.last;
+                loop {
+                    let mut st = sh.lock();
+                    while !st.closing && st.visible_id == last {
+                        st = sh.visible.wait(st).unwrap_or_else(|e| e.into_inner());
+                    }
+                    if st.closing {
+                        return;
+                    }
+                    let newest = st.visible_id;
+                    drop(st);
+                    match sh.read(last, &TopicFilter::all(), false, PAGE_BYTES) {
+                        Ok(page) => {
+                            if page.gap.is_some() {
+                                lost();
+                            }
+                            if !page.frames.is_empty() {
+                                feed(&page.frames);
+                            }
+                            last = page.scanned.or(newest);
+                        }
+                        Err(_) => thread::sleep(PERIOD),
+                    }
+                }
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory under the system's temporary one, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let path = std::env::temp_dir().join(format!(
+                "ssehub-disk-{name}-{}-{}",
+                std::process::id(),
+                now_ms()
+            ));
+            let _ = fs::remove_dir_all(&path);
+            TempDir(path)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn open_log(dir: &TempDir, history: usize, history_bytes: usize, fsync: Fsync) -> DiskLog {
+        open(&dir.0, history, history_bytes, fsync)
+            .unwrap_or_else(|e| panic!("open: {e}"))
+            .0
+    }
+
+    fn publish(log: &DiskLog, topic: &str, data: &str) -> SharedFrame {
+        log.append(&Event::new(topic, None, data)).expect("append")
+    }
+
+    /// Every retained id after `after`, page by page.
+    fn read_all(log: &DiskLog, after: EventId, topics: &TopicFilter) -> (Page, Vec<EventId>) {
+        let first = log.read(Some(after), topics, PAGE_BYTES).expect("read");
+        let mut ids: Vec<EventId> = first.frames.iter().map(|f| f.id).collect();
+        let (mut at, mut end) = (first.scanned, first.end);
+        while !end {
+            let page = log.read(at, topics, PAGE_BYTES).expect("read");
+            assert!(page.gap.is_none(), "a gap on a later page");
+            ids.extend(page.frames.iter().map(|f| f.id));
+            (at, end) = (page.scanned.or(at), page.end);
+        }
+        (first, ids)
+    }
+
+    fn files(dir: &TempDir) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = fs::read_dir(&dir.0)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        files.sort();
+        files
+    }
+
+    fn disk_bytes(dir: &TempDir) -> u64 {
+        files(dir).iter().map(|p| p.metadata().unwrap().len()).sum()
+    }
+
+    const ZERO: EventId = EventId { ms: 0, seq: 0 };
+
+    #[test]
+    fn round_trip_keeps_every_field() {
+        let dir = TempDir::new("round-trip");
+        let log = open_log(&dir, 100, 1 << 20, Fsync::Always);
+        let a = log
+            .append(&Event::new("orders", Some("created"), "a\nb\r\nc"))
+            .unwrap();
+        let b = publish(&log, "other", "");
+        assert!(b.id > a.id);
+        let page = log
+            .read(Some(ZERO), &TopicFilter::all(), PAGE_BYTES)
+            .unwrap();
+        assert_eq!(page.gap, Some(Some(a.id)));
+        assert_eq!(page.frames.len(), 2);
+        assert_eq!(page.frames[0].bytes, a.bytes);
+        assert_eq!(&*page.frames[0].topic, "orders");
+        assert_eq!(page.scanned, Some(b.id));
+        assert!(page.end);
+        drop(log);
+        // From the file this time, not from memory.
+        let log = open_log(&dir, 100, 1 << 20, Fsync::Always);
+        let page = log
+            .read(Some(a.id), &TopicFilter::all(), PAGE_BYTES)
+            .unwrap();
+        assert_eq!((page.gap, page.frames.len()), (None, 1));
+        assert_eq!(page.frames[0].bytes, b.bytes);
+        assert_eq!(
+            std::str::from_utf8(
+                &log.read(Some(ZERO), &TopicFilter::all(), PAGE_BYTES)
+                    .unwrap()
+                    .frames[0]
+                    .bytes
+            )
+            .unwrap(),
+            format!(
+                "id: {}\nevent: created\ndata: a\ndata: b\ndata: c\n\n",
+                a.id
+            )
+        );
+        assert_eq!((log.len(), log.oldest()), (2, Some(a.id)));
+    }
+
+    #[test]
+    fn a_restart_continues_ids_above_the_last_even_with_the_clock_behind() {
+        let dir = TempDir::new("restart");
+        let log = open_log(&dir, 100, 1 << 20, Fsync::Always);
+        publish(&log, "t", "1");
+        // An id far in the future, as a clock that later steps back gave.
+        let future = EventId {
+            ms: now_ms() + 3_600_000,
+            seq: 5,
+        };
+        log.shared.lock().clock = IdClock::after(future);
+        let last = publish(&log, "t", "2");
+        assert_eq!(last.id, EventId { seq: 6, ..future });
+        drop(log);
+        let log = open_log(&dir, 100, 1 << 20, Fsync::Always);
+        let next = publish(&log, "t", "3");
+        assert_eq!(next.id, EventId { seq: 7, ..future });
+        assert_eq!(log.len(), 3);
+        let (page, ids) = read_all(&log, last.id, &TopicFilter::all());
+        assert_eq!((page.gap, ids), (None, vec![next.id]));
+    }
+
+    #[test]
+    fn a_second_open_of_the_directory_is_refused() {
+        let dir = TempDir::new("in-use");
+        let _log = open_log(&dir, 100, 1 << 20, Fsync::Always);
+        let Err(e) = open(&dir.0, 100, 1 << 20, Fsync::Always) else {
+            panic!("opened twice");
+        };
+        assert!(matches!(e, OpenError::InUse(_)));
+        assert!(e.to_string().contains("is in use"), "{e}");
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_off() {
+        let dir = TempDir::new("torn");
+        let log = open_log(&dir, 100, 1 << 20, Fsync::Always);
+        let ids: Vec<EventId> = (0..5)
+            .map(|i| publish(&log, "t", &i.to_string()).id)
+            .collect();
+        drop(log);
+        let file = files(&dir).pop().unwrap();
+        let len = file.metadata().unwrap().len();
+        let f = OpenOptions::new().write(true).open(&file).unwrap();
+        f.set_len(len - 3).unwrap();
+        let log = open_log(&dir, 100, 1 << 20, Fsync::Always);
+        assert_eq!(log.len(), 4);
+        let (_, read) = read_all(&log, ids[0], &TopicFilter::all());
+        assert_eq!(read, ids[1..4]);
+        // The next record goes where the torn one was, and survives.
+        let next = publish(&log, "t", "again");
+        drop(log);
+        let log = open_log(&dir, 100, 1 << 20, Fsync::Always);
+        let (_, read) = read_all(&log, ids[3], &TopicFilter::all());
+        assert_eq!(read, [next.id]);
+        // A tail of zeros, as a crash may leave after the size grew.
+        drop(log);
+        let f = OpenOptions::new().append(true).open(&file).unwrap();
+        io::Write::write_all(&mut &f, &[0; 100]).unwrap();
+        let log = open_log(&dir, 100, 1 << 20, Fsync::Always);
+        assert_eq!(log.len(), 5);
+    }
+
+    #[test]
+    fn damage_before_the_end_names_the_file_and_offset() {
+        let dir = TempDir::new("damage");
+        // Three files of two events each.
+        let log = open_log(&dir, 16, 1 << 20, Fsync::Always);
+        for i in 0..6 {
+            publish(&log, "t", &format!("event {i}"));
+        }
+        drop(log);
+        let all = files(&dir);
+        assert_eq!(all.len(), 3);
+        for (file, newest) in [(&all[0], false), (&all[2], true)] {
+            let bytes = fs::read(file).unwrap();
+            let first_len = HEADER + u32_at(&bytes, 0) as usize;
+            // A byte of the first record's data: the second one is intact.
+            let at = first_len - 2;
+            let mut flipped = bytes.clone();
+            flipped[at] ^= 0x20;
+            fs::write(file, &flipped).unwrap();
+            let Err(e) = open(&dir.0, 16, 1 << 20, Fsync::Always) else {
+                panic!("opened a damaged log (newest file: {newest})");
+            };
+            let text = e.to_string();
+            assert!(
+                text.contains(&file.display().to_string()) && text.contains("at offset 0"),
+                "{text}"
+            );
+            fs::write(file, &bytes).unwrap();
+        }
+        assert_eq!(open_log(&dir, 16, 1 << 20, Fsync::Always).len(), 6);
+    }
+
+    #[test]
+    fn retention_removes_whole_files_within_the_bounds() {
+        let dir = TempDir::new("retention");
+        let history_bytes = 64 << 10;
+        let log = open_log(&dir, 10_000, history_bytes, Fsync::Never);
+        let data = "x".repeat(500);
+        let mut ids = Vec::new();
+        for _ in 0..3 * history_bytes / 500 {
+            ids.push(publish(&log, "t", &data).id);
+            let used = disk_bytes(&dir);
+            assert!(
+                used <= (history_bytes as u64) + log.shared.segment_bytes + 600,
+                "{used} bytes on disk"
+            );
+        }
+        let oldest = log.oldest().unwrap();
+        let kept = ids.iter().position(|id| *id == oldest).unwrap();
+        assert_eq!(log.len(), ids.len() - kept);
+        assert!(disk_bytes(&dir) >= history_bytes as u64);
+        // A removed id is a gap; the last removed one is not.
+        let (page, read) = read_all(&log, ids[0], &TopicFilter::all());
+        assert_eq!(page.gap, Some(Some(oldest)));
+        assert_eq!(read, ids[kept..]);
+        let (page, read) = read_all(&log, ids[kept - 1], &TopicFilter::all());
+        assert_eq!(page.gap, None);
+        assert_eq!(read, ids[kept..]);
+        // By count: 40 events, files of 5.
+        let dir = TempDir::new("retention-count");
+        let log = open_log(&dir, 40, 1 << 20, Fsync::Never);
+        for i in 0..200 {
+            publish(&log, "t", &i.to_string());
+            assert!(log.len() <= 45, "{} events", log.len());
+        }
+        assert!(log.len() >= 40);
+        assert!(files(&dir).len() <= 9);
+    }
+
+    #[test]
+    fn pages_are_bounded_and_follow_the_gap_rules() {
+        let dir = TempDir::new("pages");
+        let log = open_log(&dir, 100_000, 1 << 30, Fsync::Never);
+        let mut ids = Vec::new();
+        for i in 0..RECENT_EVENTS + 3000 {
+            let topic = if i % 100 == 0 { "rare" } else { "common" };
+            ids.push(publish(&log, topic, "data").id);
+        }
+        let newest = *ids.last().unwrap();
+        // From the file (older than the frames in memory) and from memory.
+        for start in [0, ids.len() - 300] {
+            let page = log
+                .read(Some(ids[start]), &TopicFilter::all(), PAGE_BYTES)
+                .unwrap();
+            assert_eq!(page.gap, None);
+            assert_eq!(page.frames.len(), PAGE_EVENTS.min(ids.len() - start - 1));
+            assert_eq!(page.frames[0].id, ids[start + 1]);
+            assert_eq!(page.scanned, Some(ids[start + PAGE_EVENTS]));
+            assert!(!page.end);
+            let (_, read) = read_all(&log, ids[start], &TopicFilter::all());
+            assert_eq!(read, ids[start + 1..]);
+        }
+        // A rare topic: a page looks at PAGE_SCAN entries at most.
+        let rare = TopicFilter::topics(["rare"]);
+        let page = log.read(Some(ids[0]), &rare, PAGE_BYTES).unwrap();
+        assert_eq!(page.frames.len(), PAGE_SCAN / 100);
+        assert_eq!(page.scanned, Some(ids[PAGE_SCAN]));
+        let (_, read) = read_all(&log, ids[0], &rare);
+        let want: Vec<EventId> = (100..ids.len()).step_by(100).map(|i| ids[i]).collect();
+        assert_eq!(read, want);
+        // The newest id: nothing, no gap, at the end.
+        let page = log
+            .read(Some(newest), &TopicFilter::all(), PAGE_BYTES)
+            .unwrap();
+        assert!(page.gap.is_none() && page.frames.is_empty() && page.end);
+        // Unknown ids, from the future, never issued, from before the log:
+        // a gap, and on after them.
+        let future = EventId {
+            ms: newest.ms + 1,
+            seq: 0,
+        };
+        let page = log
+            .read(Some(future), &TopicFilter::all(), PAGE_BYTES)
+            .unwrap();
+        assert_eq!(page.gap, Some(Some(ids[0])));
+        assert!(page.frames.is_empty() && page.end);
+        assert_eq!(page.scanned, Some(newest));
+        let never = EventId {
+            seq: ids[10].seq + 1_000_000,
+            ..ids[10]
+        };
+        let next = ids.iter().position(|id| *id > never).unwrap();
+        let page = log
+            .read(Some(never), &TopicFilter::all(), PAGE_BYTES)
+            .unwrap();
+        assert_eq!(page.gap, Some(Some(ids[0])));
+        assert_eq!(page.frames[0].id, ids[next]);
+        assert_eq!(page.scanned.unwrap(), ids[next + PAGE_EVENTS - 1]);
+        let page = log
+            .read(Some(ZERO), &TopicFilter::all(), PAGE_BYTES)
+            .unwrap();
+        assert_eq!(page.gap, Some(Some(ids[0])));
+        assert_eq!(page.frames[0].id, ids[0]);
+        // From the oldest: no gap.
+        let page = log.read(None, &TopicFilter::all(), PAGE_BYTES).unwrap();
+        assert_eq!((page.gap, page.frames[0].id), (None, ids[0]));
+        // Big events: a page stops after about PAGE_BYTES.
+        let big = "y".repeat(100 << 10);
+        let first = publish(&log, "big", &big).id;
+        for _ in 0..9 {
+            publish(&log, "big", &big);
+        }
+        let page = log
+            .read(Some(newest), &TopicFilter::all(), PAGE_BYTES)
+            .unwrap();
+        assert_eq!(page.frames.len(), 3);
+        assert_eq!(page.frames[0].id, first);
+    }
+
+    #[test]
+    fn an_empty_log_is_a_gap_with_nothing_available() {
+        let dir = TempDir::new("empty");
+        let log = open_log(&dir, 100, 1 << 20, Fsync::Always);
+        let page = log
+            .read(
+                Some(EventId { ms: 5, seq: 0 }),
+                &TopicFilter::all(),
+                PAGE_BYTES,
+            )
+            .unwrap();
+        assert_eq!((page.gap, page.scanned, page.end), (Some(None), None, true));
+        let page = log.read(None, &TopicFilter::all(), PAGE_BYTES).unwrap();
+        assert_eq!((page.gap, page.scanned, page.end), (None, None, true));
+        assert_eq!((log.len(), log.oldest()), (0, None));
+    }
+
+    /// The log against a plain list of what it retains (every id from
+    /// `oldest()` on), across file removals, pages from the files and from
+    /// memory, and every kind of id.
+    #[test]
+    fn agrees_with_a_plain_list() {
+        let mut seed = 11u64;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let dir = TempDir::new("model");
+        let log = open_log(&dir, 6000, 1 << 30, Fsync::Never);
+        let mut model: Vec<(EventId, bool)> = Vec::new();
+        let even = TopicFilter::topics(["even"]);
+        for n in 0..12_000 {
+            let topic = if next(3) == 0 { "even" } else { "odd" };
+            let id = publish(&log, topic, &"d".repeat(next(40) as usize)).id;
+            model.push((id, topic == "even"));
+            if next(400) != 0 {
+                continue;
+            }
+            let oldest = log.oldest().unwrap();
+            let first = model.iter().position(|(id, _)| *id == oldest).unwrap();
+            assert_eq!(log.len(), model.len() - first);
+            let pick = |i: usize| model[i.min(model.len() - 1)].0;
+            let later = |id: EventId| EventId {
+                seq: id.seq + 100_000,
+                ..id
+            };
+            for after in [
+                pick(usize::MAX),
+                oldest,
+                pick(first + next((model.len() - first) as u64) as usize),
+                pick(
+                    model
+                        .len()
+                        .saturating_sub(1 + next(RECENT_EVENTS as u64 * 2) as usize),
+                ),
+                pick(first.saturating_sub(1)),
+                pick(first.saturating_sub(1 + next(100) as usize)),
+                later(pick(first + next((model.len() - first) as u64) as usize)),
+                later(pick(usize::MAX)),
+                ZERO,
+            ] {
+                let (page, got) = read_all(&log, after, &even);
+                let want: Vec<EventId> = model[first..]
+                    .iter()
+                    .filter(|(id, even)| *even && *id > after)
+                    .map(|(id, _)| *id)
+                    .collect();
+                assert_eq!(got, want, "after {after} at {n}");
+                let no_gap = model[first..].iter().any(|(id, _)| *id == after)
+                    || after == pick(usize::MAX)
+                    || (first > 0 && after == model[first - 1].0);
+                assert_eq!(page.gap.is_none(), no_gap, "after {after} at {n}");
+                if let Some(gap) = page.gap {
+                    assert_eq!(gap, Some(oldest));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn history_zero_replays_nothing_but_keeps_ids() {
+        let dir = TempDir::new("zero");
+        let log = open_log(&dir, 0, 1 << 20, Fsync::Always);
+        let a = publish(&log, "t", "1");
+        let b = publish(&log, "t", "2");
+        assert_eq!((log.len(), log.oldest()), (0, None));
+        let page = log
+            .read(Some(a.id), &TopicFilter::all(), PAGE_BYTES)
+            .unwrap();
+        assert_eq!((page.gap, page.scanned, page.end), (Some(None), None, true));
+        let page = log
+            .read(Some(b.id), &TopicFilter::all(), PAGE_BYTES)
+            .unwrap();
+        assert!(page.gap.is_none() && page.frames.is_empty());
+        assert_eq!((page.scanned, page.end), (Some(b.id), true));
+        let page = log.read(None, &TopicFilter::all(), PAGE_BYTES).unwrap();
+        assert!(page.gap.is_none() && page.frames.is_empty() && page.end);
+        drop(log);
+        let log = open_log(&dir, 0, 1 << 20, Fsync::Always);
+        assert!(publish(&log, "t", "3").id > b.id);
+    }
+
+    #[test]
+    fn reads_and_answers_wait_for_the_flush() {
+        let dir = TempDir::new("durable");
+        let log = Arc::new(open_log(&dir, 100, 1 << 20, Fsync::Always));
+        let first = publish(&log, "t", "flushed");
+        log.shared.lock().hold = true;
+        let appender = {
+            let log = log.clone();
+            thread::spawn(move || publish(&log, "t", "not yet"))
+        };
+        // Written but not flushed: neither answered nor readable.
+        assert!(poll(|| !log.shared.lock().unsynced.is_empty()));
+        thread::sleep(Duration::from_millis(50));
+        assert!(!appender.is_finished());
+        let page = log
+            .read(Some(first.id), &TopicFilter::all(), PAGE_BYTES)
+            .unwrap();
+        assert!(page.frames.is_empty() && page.end && page.gap.is_none());
+        assert_eq!(log.len(), 1);
+        log.shared.lock().hold = false;
+        log.shared.flush.notify_all();
+        let second = appender.join().unwrap();
+        let page = log
+            .read(Some(first.id), &TopicFilter::all(), PAGE_BYTES)
+            .unwrap();
+        assert_eq!(page.frames[0].id, second.id);
+    }
+
+    fn poll(mut cond: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if cond() {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
+    #[test]
+    fn the_follower_hands_on_durable_frames_in_order() {
+        for fsync in [Fsync::Always, Fsync::Periodic, Fsync::Never] {
+            let dir = TempDir::new("follower");
+            let (log, follower) = open(&dir.0, 100, 1 << 20, fsync).unwrap();
+            let before = publish(&log, "t", "before");
+            drop(log);
+            drop(follower);
+            let (log, follower) = open(&dir.0, 100, 1 << 20, fsync).unwrap();
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let thread = follower
+                .spawn(
+                    move |frames| {
+                        for f in frames {
+                            tx.send(f.id).unwrap();
+                        }
+                    },
+                    || panic!("lost"),
+                )
+                .unwrap();
+            let log = Arc::new(log);
+            let publishers: Vec<_> = (0..4)
+                .map(|_| {
+                    let log = log.clone();
+                    thread::spawn(move || {
+                        (0..50)
+                            .map(|_| publish(&log, "t", "x").id)
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            let mut published: Vec<EventId> = publishers
+                .into_iter()
+                .flat_map(|p| p.join().unwrap())
+                .collect();
+            published.sort();
+            let got: Vec<EventId> = (0..200)
+                .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
+                .collect();
+            assert_eq!(got, published, "{fsync:?}");
+            assert!(got[0] > before.id);
+            drop(Arc::into_inner(log).unwrap());
+            thread.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_failed_write_is_cut_off_and_writing_recovers() {
+        let dir = TempDir::new("fail");
+        let log = open_log(&dir, 100, 1 << 20, Fsync::Always);
+        let a = publish(&log, "t", "kept");
+        // A file that refuses writes: the newest one, made read-only by
+        // swapping its descriptor.
+        let path = files(&dir).pop().unwrap();
+        let good = {
+            let mut st = log.shared.lock();
+            let seg = st.segments.back_mut().unwrap();
+            let ro = Arc::new(File::open(&path).unwrap());
+            std::mem::replace(&mut seg.file, ro)
+        };
+        assert!(log.append(&Event::new("t", None, "lost")).is_err());
+        assert!(!log.up());
+        log.shared.lock().segments.back_mut().unwrap().file = good;
+        let b = publish(&log, "t", "after");
+        assert!(log.up());
+        let (_, ids) = read_all(&log, a.id, &TopicFilter::all());
+        assert_eq!(ids, [b.id]);
+        drop(log);
+        let log = open_log(&dir, 100, 1 << 20, Fsync::Always);
+        assert_eq!(log.len(), 2);
+    }
+
+    /// Group commit: 8 appenders, each answered after the flush that covers
+    /// it. `cargo test --release disk::tests::measure_publish_rate --
+    /// --ignored --nocapture` (DATA_DIR picks the file system).
+    #[test]
+    #[ignore]
+    fn measure_publish_rate() {
+        let base = std::env::var_os("DATA_DIR").map(PathBuf::from);
+        for fsync in [Fsync::Always, Fsync::Periodic] {
+            for threads in [1, 8] {
+                let dir = TempDir::new("rate");
+                let dir = match &base {
+                    Some(base) => TempDir(base.join(dir.0.file_name().unwrap())),
+                    None => dir,
+                };
+                let log = Arc::new(open_log(&dir, 1_000_000, 1 << 30, fsync));
+                let per = 3000 / threads;
+                let data = "x".repeat(200);
+                let started = Instant::now();
+                let workers: Vec<_> = (0..threads)
+                    .map(|_| {
+                        let (log, data) = (log.clone(), data.clone());
+                        thread::spawn(move || {
+                            (0..per)
+                                .map(|_| {
+                                    let t = Instant::now();
+                                    publish(&log, "t", &data);
+                                    t.elapsed()
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                let mut lat: Vec<Duration> = workers
+                    .into_iter()
+                    .flat_map(|w| w.join().unwrap())
+                    .collect();
+                let secs = started.elapsed().as_secs_f64();
+                lat.sort();
+                // Read back from the file: a reopened log has no frames in
+                // memory.
+                drop(Arc::into_inner(log).unwrap());
+                let log = open_log(&dir, 1_000_000, 1 << 30, fsync);
+                let t = Instant::now();
+                let mut read = 0;
+                let mut at = None;
+                loop {
+                    let page = log.read(at, &TopicFilter::all(), PAGE_BYTES).unwrap();
+                    read += page.frames.len();
+                    at = page.scanned;
+                    if page.end {
+                        break;
+                    }
+                }
+                assert_eq!(read, lat.len());
+                println!(
+                    "segment log, fsync {fsync:?}, {threads} appenders: {:.0} appends/s, \
+                     p50 {:.2} ms, p99 {:.2} ms; read {read} back in {:.1} ms",
+                    lat.len() as f64 / secs,
+                    lat[lat.len() / 2].as_secs_f64() * 1e3,
+                    lat[lat.len() * 99 / 100].as_secs_f64() * 1e3,
+                    t.elapsed().as_secs_f64() * 1e3
+                );
+            }
+        }
+    }
+
+    /// `cargo test --release disk::tests::measure_open_time -- --ignored
+    /// --nocapture`: a default log (10,000 events of 1 KiB) and a big one
+    /// (1,000,000 events, 1 GiB).
+    #[test]
+    #[ignore]
+    fn measure_open_time() {
+        for (events, history_bytes) in [(10_000, 64 << 20), (1_000_000, 2 << 30)] {
+            let dir = TempDir::new("open");
+            let log = open_log(&dir, events, history_bytes, Fsync::Never);
+            let data = "z".repeat(1024);
+            let started = Instant::now();
+            for _ in 0..events {
+                publish(&log, "topic", &data);
+            }
+            let wrote = started.elapsed();
+            drop(log);
+            let started = Instant::now();
+            let log = open_log(&dir, events, history_bytes, Fsync::Never);
+            let opened = started.elapsed();
+            drop(log);
+            // Cold: the files' pages dropped from the page cache.
+            for path in files(&dir) {
+                let file = File::open(&path).unwrap();
+                file.sync_all().unwrap();
+                // SAFETY: advice on a descriptor we own.
+                unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            }
+            let started = Instant::now();
+            let log = open_log(&dir, events, history_bytes, Fsync::Never);
+            let cold = started.elapsed();
+            // The index look-up from the middle, from the file.
+            let middle = {
+                let st = log.shared.lock();
+                st.segments[st.segments.len() / 2].marks[3].0
+            };
+            let t = Instant::now();
+            let page = log
+                .read(Some(middle), &TopicFilter::all(), PAGE_BYTES)
+                .unwrap();
+            let looked_up = t.elapsed();
+            assert!(page.gap.is_none() && page.frames[0].id > middle);
+            println!(
+                "{events} events, {} MiB on disk: written in {:.1} s, opened in {} ms \
+                 ({} ms from the disk), a page from the middle in {} us",
+                disk_bytes(&dir) >> 20,
+                wrote.as_secs_f64(),
+                opened.as_millis(),
+                cold.as_millis(),
+                looked_up.as_micros()
+            );
+            assert_eq!(log.len(), events);
+        }
+    }
+}
