@@ -50,7 +50,7 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_subscribers: u64,
 
-    /// Events queued for one subscriber; one further behind while its client is not reading is disconnected
+    /// Events queued for one subscriber; one further behind reads the log instead
     #[arg(long, value_name = "N", default_value_t = 1024,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     client_queue: u64,
