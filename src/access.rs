@@ -302,7 +302,7 @@ impl KeySet {
             .map(|k| {
                 k.kid
                     .as_deref()
-                    .map_or("(no kid)".into(), crate::http::shown)
+                    .map_or("(no kid)".into(), crate::request::shown)
             })
             .collect();
         ids.join(", ")
@@ -552,7 +552,17 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The access rules of one hub, from its `Config`.
+/// What `Access` is made from (`Config::access_rules`).
+pub struct Rules {
+    pub publish_token: Option<String>,
+    pub subscribe_token: Option<String>,
+    pub cors_origin: Option<String>,
+    pub allowed_hosts: Option<Vec<String>>,
+    pub anonymous: TopicFilter,
+    pub signed: Option<SignedTokens>,
+}
+
+/// The access rules of one hub.
 pub struct Access {
     publish_token: Option<String>,
     subscribe_token: Option<String>,
@@ -565,18 +575,18 @@ pub struct Access {
 }
 
 impl Access {
-    pub fn new(config: &crate::config::Config) -> Access {
-        let keys = config
+    pub fn new(rules: Rules) -> Access {
+        let keys = rules
             .signed
             .as_ref()
             .map_or_else(KeySet::default, |s| s.keys.clone());
         Access {
-            publish_token: config.publish_token.clone(),
-            subscribe_token: config.subscribe_token.clone(),
-            cors_origin: config.cors_origin.clone(),
-            allowed_hosts: config.allowed_hosts.clone(),
-            anonymous: config.anonymous_topics.clone(),
-            signed: config.signed.clone(),
+            publish_token: rules.publish_token,
+            subscribe_token: rules.subscribe_token,
+            cors_origin: rules.cors_origin,
+            allowed_hosts: rules.allowed_hosts,
+            anonymous: rules.anonymous,
+            signed: rules.signed,
             keys: RwLock::new(Arc::new(keys)),
         }
     }

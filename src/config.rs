@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
-use crate::access::{KeySet, SignedTokens};
+use crate::access::{KeySet, Rules, SignedTokens};
 use crate::event::{Selector, TopicFilter};
 
 #[derive(Parser, Debug)]
@@ -321,6 +321,20 @@ fn matches(
     }
     all.extend(args.into_iter().skip(1));
     cmd.try_get_matches_from(all).map_err(ConfigError::Args)
+}
+
+impl Config {
+    /// What the access rules are made of.
+    pub fn access_rules(&self) -> Rules {
+        Rules {
+            publish_token: self.publish_token.clone(),
+            subscribe_token: self.subscribe_token.clone(),
+            cors_origin: self.cors_origin.clone(),
+            allowed_hosts: self.allowed_hosts.clone(),
+            anonymous: self.anonymous_topics.clone(),
+            signed: self.signed.clone(),
+        }
+    }
 }
 
 impl Config {

@@ -18,7 +18,7 @@ use crate::event::{self, EventId, Selector, TopicFilter};
 use crate::hangup::Hangups;
 use crate::hub::{Hub, PublishError, SubscribeError};
 use crate::quiet::Quiet;
-use crate::request::{Conn, Framing, Head, RequestError};
+use crate::request::{shown, Conn, Framing, Head, RequestError};
 use crate::stream::{self, StreamParams};
 
 /// A request head must arrive within this (SPEC "Hostile input"); the same
@@ -134,15 +134,6 @@ impl From<RequestError> for Refusal {
             challenge: None,
         }
     }
-}
-
-/// Client-supplied text, made safe for a log line: escaped and truncated.
-pub fn shown(s: &str) -> String {
-    let mut out: String = s.chars().take(120).flat_map(char::escape_debug).collect();
-    if s.chars().count() > 120 {
-        out.push('…');
-    }
-    out
 }
 
 /// Writes a plain response in one write; returns whether the connection

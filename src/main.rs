@@ -138,7 +138,7 @@ fn main() {
             exit(1);
         }
     };
-    let access = access::Access::new(&config);
+    let access = access::Access::new(config.access_rules());
     let app = Arc::new(App {
         hub,
         config,

@@ -465,6 +465,15 @@ fn parse_field(line: &[u8]) -> Result<Header, RequestError> {
     Header::from_bytes(name, value).map_err(|()| RequestError::Bad("malformed header field"))
 }
 
+/// Client-supplied text, made safe for a log line: escaped and truncated.
+pub fn shown(s: &str) -> String {
+    let mut out: String = s.chars().take(120).flat_map(char::escape_debug).collect();
+    if s.chars().count() > 120 {
+        out.push('…');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
