@@ -1091,6 +1091,10 @@ impl EventLog for DiskLog {
     fn up(&self) -> bool {
         self.shared.up.load(Ordering::Relaxed)
     }
+
+    fn store(&self) -> &'static str {
+        "disk"
+    }
 }
 
 impl Drop for DiskLog {

@@ -78,6 +78,9 @@ pub trait EventLog: Send + Sync {
     fn followed(&self) -> bool;
     /// Whether the log can be written now; a memory log always can.
     fn up(&self) -> bool;
+    /// Where the log is kept, for `/metrics` (`ssehub_<store>_up`): `memory`,
+    /// `redis` or `disk`.
+    fn store(&self) -> &'static str;
 }
 
 /// The log of a hub alone: the id clock and the replay ring. The hub appends
@@ -141,6 +144,10 @@ impl EventLog for MemoryLog {
 
     fn up(&self) -> bool {
         true
+    }
+
+    fn store(&self) -> &'static str {
+        "memory"
     }
 }
 

@@ -460,7 +460,10 @@ impl Hub {
             subscribers: self.registered.load(Ordering::Acquire),
             history_events: self.log.len(),
             max_subscribers: self.limits.max_subscribers,
-            log_up: self.log.followed().then(|| self.log.up()),
+            log_up: self
+                .log
+                .followed()
+                .then(|| (self.log.store(), self.log.up())),
         }
     }
 

@@ -26,7 +26,7 @@ pub struct Gauges {
     pub history_events: usize,
     pub max_subscribers: usize,
     /// Whether the shared log (Redis) is reachable; `None` for a hub alone.
-    pub log_up: Option<bool>,
+    pub log_up: Option<(&'static str, bool)>,
 }
 
 impl Metrics {
@@ -79,13 +79,20 @@ impl Metrics {
             "Events retained for replay.",
             g.history_events as u64,
         );
-        if let Some(up) = g.log_up {
-            put(
+        match g.log_up {
+            Some(("redis", up)) => put(
                 "ssehub_redis_up",
                 "gauge",
                 "1 while Redis, the shared event log, is reachable; 0 while publishing is refused.",
                 u64::from(up),
-            );
+            ),
+            Some((_, up)) => put(
+                "ssehub_disk_up",
+                "gauge",
+                "1 while the event log's files take writes; 0 while publishing is refused.",
+                u64::from(up),
+            ),
+            None => {}
         }
         put(
             "ssehub_connections",
@@ -132,7 +139,7 @@ mod tests {
             subscribers: 0,
             history_events: 0,
             max_subscribers: 10,
-            log_up: Some(false),
+            log_up: Some(("redis", false)),
         });
         assert!(text.contains("# TYPE ssehub_redis_up gauge\nssehub_redis_up 0\n"));
     }

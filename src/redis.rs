@@ -354,6 +354,10 @@ impl EventLog for RedisLog {
     fn up(&self) -> bool {
         self.shared.up.load(Ordering::Relaxed)
     }
+
+    fn store(&self) -> &'static str {
+        "redis"
+    }
 }
 
 /// One stream entry: its id and its field/value list.

@@ -404,8 +404,10 @@ fn a_full_disk_answers_503_and_publishing_recovers_when_space_is_freed() {
     // Still full: still refused, and nothing half-written is served.
     let r = try_publish(hub.addr, "t", &data).unwrap();
     assert_eq!(r.status, 503);
+    assert_eq!(hub.metric("ssehub_disk_up"), 0);
     std::fs::remove_file(&filler).unwrap();
     let again = hub.publish("t", &data);
+    assert_eq!(hub.metric("ssehub_disk_up"), 1);
     assert_eq!(sub.next_event().id, Some(again.clone()), "{}", sub.tail());
     answered.push(again);
     let (events, _) = replay_all(&hub);
