@@ -339,7 +339,9 @@ fn run(w: &mut Writer, sub: &Subscription<'_>, p: &StreamParams) -> io::Result<(
                 let page = match sub.read(cursor, room) {
                     Ok(page) => page,
                     Err(e) => {
-                        log::info!(
+                        // Debug: the follower reports an outage once, and
+                        // every stream would say the same at each retry.
+                        log::debug!(
                             "cannot read the event log ({e}): the stream ends, to be resumed"
                         );
                         return Ok(());
