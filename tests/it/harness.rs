@@ -555,9 +555,14 @@ pub struct Sub {
     pub head: Response,
     chunked: Option<Chunked>,
     buf: Vec<u8>,
-    /// Everything received so far, for failure messages.
+    /// How far `buf` has been searched for a block end.
+    searched: usize,
+    /// The last `RECEIVED_KEPT` bytes received, for failure messages.
     pub received: Vec<u8>,
 }
+
+/// What a `Sub` keeps of what it received, for failure messages.
+const RECEIVED_KEPT: usize = 64 * 1024;
 
 impl Sub {
     pub fn open(mut stream: TcpStream) -> Sub {
@@ -576,6 +581,7 @@ impl Sub {
             head,
             chunked,
             buf: Vec::new(),
+            searched: 0,
             received: Vec::new(),
         }
     }
@@ -592,6 +598,7 @@ impl Sub {
             },
             chunked: Some(Chunked::default()),
             buf: Vec::new(),
+            searched: 0,
             received: Vec::new(),
         }
     }
@@ -612,6 +619,9 @@ impl Sub {
             }
         };
         self.received.extend_from_slice(&data);
+        if self.received.len() > 2 * RECEIVED_KEPT {
+            self.received.drain(..self.received.len() - RECEIVED_KEPT);
+        }
         self.buf.extend(data);
         Ok(true)
     }
@@ -620,10 +630,14 @@ impl Sub {
     /// at EOF / timeout.
     pub fn try_next_block(&mut self) -> std::io::Result<String> {
         loop {
-            if let Some(i) = self.buf.windows(2).position(|w| w == b"\n\n") {
-                let block: Vec<u8> = self.buf.drain(..i + 2).collect();
+            // Only what was not searched yet (and its last byte before).
+            let from = self.searched.saturating_sub(1);
+            if let Some(i) = self.buf[from..].windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buf.drain(..from + i + 2).collect();
+                self.searched = 0;
                 return Ok(String::from_utf8(block).expect("UTF-8 stream"));
             }
+            self.searched = self.buf.len();
             if !self.fill()? {
                 return Err(std::io::Error::new(
                     ErrorKind::UnexpectedEof,
