@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::event::{EventId, TopicFilter};
 use crate::history::{EventLog, LogError, Page};
+use crate::hold::Hold;
 use crate::metrics::{Gauges, Metrics};
 use crate::sse::{Event, SharedFrame};
 
@@ -35,6 +36,8 @@ pub struct Hub {
     registered: AtomicUsize,
     /// Signalled whenever a subscription ends, for shutdown to wait on.
     stream_ended: Condvar,
+    /// Where publishers wait for streams short of CPU (hold.rs).
+    hold: Hold,
     limits: HubLimits,
     pub metrics: Metrics,
 }
@@ -68,6 +71,9 @@ struct Shared {
     behind: AtomicBool,
     /// The thread waits for room in its socket.
     blocked: AtomicBool,
+    /// It waited for room since it last was at the live edge: its client
+    /// is slower than the events, and no publish waits for it.
+    slow_client: AtomicBool,
     /// The millisecond of the last id written (`u64::MAX` before any):
     /// below the log's oldest, the subscriber can no longer catch up.
     position_ms: AtomicU64,
@@ -86,6 +92,15 @@ pub enum Ending {
     /// The client went away, or the hub gave up on it: nothing more to
     /// write.
     Gone,
+}
+
+/// What one fan-out did.
+#[derive(Default)]
+struct FannedOut {
+    receivers: usize,
+    evicted: u64,
+    /// Subscribers short of CPU, and the position each must pass.
+    starved: Vec<(Arc<Shared>, u64)>,
 }
 
 /// What `publish` reports.
@@ -151,7 +166,22 @@ impl Subscription<'_> {
 
     /// Tells the hub whether the thread waits for room in its socket.
     pub fn set_blocked(&self, blocked: bool) {
+        if blocked {
+            self.shared.slow_client.store(true, Ordering::Release);
+        }
         self.shared.blocked.store(blocked, Ordering::Release);
+    }
+
+    /// The stream wrote a page of the log: publishers held back for it may
+    /// look again (`hold.rs`).
+    pub fn progress(&self) {
+        self.hub.hold.progress();
+    }
+
+    /// The stream is back at the live edge.
+    pub fn at_edge(&self) {
+        self.shared.slow_client.store(false, Ordering::Release);
+        self.hub.hold.progress();
     }
 
     /// Records the last id written to the client.
@@ -193,6 +223,7 @@ impl Drop for Subscription<'_> {
         self.hub.streams.fetch_sub(1, Ordering::AcqRel);
         drop(inner);
         self.hub.stream_ended.notify_all();
+        self.hub.hold.progress();
     }
 }
 
@@ -209,6 +240,7 @@ impl Hub {
             streams: AtomicUsize::new(0),
             registered: AtomicUsize::new(0),
             stream_ended: Condvar::new(),
+            hold: Hold::default(),
             limits,
             metrics: Metrics::default(),
         }
@@ -252,10 +284,9 @@ impl Hub {
                 return Err(PublishError::Closed);
             }
             let frame = self.log.append(&event).map_err(PublishError::Unavailable)?;
-            let (receivers, evicted) = self.fan_out(&mut inner, &frame);
+            let fanned = self.fan_out(&mut inner, &frame);
             drop(inner);
-            self.count_evicted(evicted);
-            (frame.id, receivers)
+            (frame.id, self.after_fan_out(fanned))
         };
         Metrics::add(&self.metrics.published, 1);
         Ok(Published { id, receivers })
@@ -273,9 +304,9 @@ impl Hub {
     pub fn fan_out_followed(&self, frames: &[SharedFrame]) {
         for frame in frames {
             let mut inner = self.lock();
-            let (_, evicted) = self.fan_out(&mut inner, frame);
+            let fanned = self.fan_out(&mut inner, frame);
             drop(inner);
-            self.count_evicted(evicted);
+            self.after_fan_out(fanned);
         }
     }
 
@@ -292,18 +323,18 @@ impl Hub {
         ended
     }
 
-    /// Queues `frame` for every matching subscriber; returns how many it
-    /// reached (queued, or marked behind to read it from the log) and how
-    /// many were evicted. Never waits: a full queue marks its subscriber
-    /// behind, and a subscriber marked behind gets nothing queued until its
-    /// stream has read the log. One that is also stuck in a write to its client while its
-    /// position fell below the oldest retained event can never catch up:
-    /// its socket is shut down so its thread returns at once.
-    fn fan_out(&self, inner: &mut Inner, frame: &SharedFrame) -> (usize, u64) {
+    /// Queues `frame` for every matching subscriber. Never waits: a full
+    /// queue marks its subscriber behind, and a subscriber marked behind gets
+    /// nothing queued until its stream has read the log. One that is also
+    /// stuck in a write to its client while its position fell below the
+    /// oldest retained event can never catch up: its socket is shut down so
+    /// its thread returns at once. One behind in the older half of the
+    /// history whose client is not what holds it up is short of CPU: the
+    /// caller waits for it (`after_fan_out`).
+    fn fan_out(&self, inner: &mut Inner, frame: &SharedFrame) -> FannedOut {
         inner.edge = Some(frame.id);
         let queue = self.limits.client_queue;
-        let mut receivers = 0;
-        let mut evicted = 0;
+        let mut out = FannedOut::default();
         let mut oldest = None;
         inner.subscribers.retain(|s| {
             if !s.topics.matches(&frame.topic) {
@@ -314,40 +345,61 @@ impl Hub {
             // consecutive frames, and the log holds the rest in order.
             if s.shared.behind.load(Ordering::Acquire) || s.tx.len() >= queue {
                 s.shared.behind.store(true, Ordering::Release);
+                let oldest = *oldest.get_or_insert_with(|| self.log.oldest());
+                let position = s.shared.position_ms.load(Ordering::Relaxed);
                 if s.shared.blocked.load(Ordering::Acquire) {
-                    let oldest = *oldest.get_or_insert_with(|| self.log.oldest());
-                    let position = s.shared.position_ms.load(Ordering::Relaxed);
                     if oldest.is_some_and(|o| position < o.ms) {
                         s.shared.state.store(GONE, Ordering::Release);
                         // SAFETY: shutdown on a socket the stream keeps open
                         // while it is registered (see `Subscriber::fd`).
                         unsafe { libc::shutdown(s.fd, libc::SHUT_RDWR) };
-                        evicted += 1;
+                        out.evicted += 1;
                         return false;
                     }
+                } else if let Some(oldest) = oldest {
+                    let middle = oldest.ms + frame.id.ms.saturating_sub(oldest.ms) / 2;
+                    if position < middle && !s.shared.slow_client.load(Ordering::Acquire) {
+                        out.starved.push((s.shared.clone(), middle));
+                    }
                 }
-                receivers += 1;
+                out.receivers += 1;
                 return true;
             }
             // Unbounded: fails only when its stream is gone, to be pruned.
             if s.tx.send(frame.clone()).is_err() {
                 return false;
             }
-            receivers += 1;
+            out.receivers += 1;
             true
         });
-        if evicted > 0 {
+        if out.evicted > 0 {
             self.registered
-                .fetch_sub(evicted as usize, Ordering::AcqRel);
+                .fetch_sub(out.evicted as usize, Ordering::AcqRel);
         }
-        (receivers, evicted)
+        out
     }
 
-    fn count_evicted(&self, evicted: u64) {
-        if evicted > 0 {
-            Metrics::add(&self.metrics.evicted, evicted);
-            log::debug!("evicted {evicted} subscribers that fell off the history");
+    /// Outside the lock: counts the evicted, and holds the caller back while
+    /// a subscriber short of CPU is still in the older half of the history
+    /// (for at most `hold::MAX_HOLD`). Returns the receivers.
+    fn after_fan_out(&self, out: FannedOut) -> usize {
+        if out.evicted > 0 {
+            Metrics::add(&self.metrics.evicted, out.evicted);
+            log::debug!(
+                "evicted {} subscribers that fell off the history",
+                out.evicted
+            );
         }
+        if !out.starved.is_empty() {
+            self.hold.wait_while(|| {
+                out.starved.iter().any(|(s, middle)| {
+                    s.state.load(Ordering::Acquire) == LIVE
+                        && !s.slow_client.load(Ordering::Acquire)
+                        && s.position_ms.load(Ordering::Relaxed) < *middle
+                })
+            });
+        }
+        out.receivers
     }
 
     /// Registers a subscriber for `topics`, owed every event after `last`
@@ -533,6 +585,51 @@ mod tests {
         let page = slow.read(Some(second.id), PAGE_BYTES).unwrap();
         assert_eq!((page.gap, page.frames.len(), page.end), (None, 48, true));
         assert_eq!(hub.metrics.evicted.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_publish_waits_a_bounded_time_for_a_stream_short_of_cpu_only() {
+        use crate::hold::MAX_HOLD;
+        let hub = hub(10, 2);
+        let first = hub.publish("t", None, "x").unwrap().id;
+        let sub = hub.subscribe(all(), None, -1).unwrap();
+        sub.set_position(first);
+        // Once its position is in the older half of the history (by time),
+        // a publish is held back, for MAX_HOLD at most.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut held = Duration::ZERO;
+        while held < MAX_HOLD && Instant::now() < deadline {
+            let started = Instant::now();
+            hub.publish("t", None, "x").unwrap();
+            held = started.elapsed();
+        }
+        assert!(held >= MAX_HOLD && held < 4 * MAX_HOLD, "held {held:?}");
+        // Woken as soon as the stream has caught up.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while hub.hold.waiting.load(Ordering::Acquire) == 0 {
+                    std::thread::yield_now();
+                }
+                sub.set_position(EventId {
+                    ms: u64::MAX - 1,
+                    seq: 0,
+                });
+                sub.progress();
+            });
+            let started = Instant::now();
+            hub.publish("t", None, "x").unwrap();
+            assert!(started.elapsed() < MAX_HOLD, "not woken");
+        });
+        // A stream whose client made it wait is never waited for.
+        sub.set_position(first);
+        sub.set_blocked(true);
+        sub.set_blocked(false);
+        let started = Instant::now();
+        for _ in 0..5 {
+            hub.publish("t", None, "x").unwrap();
+        }
+        assert!(started.elapsed() < MAX_HOLD, "waited for a slow client");
+        assert_eq!(sub.ended(), None);
     }
 
     #[test]

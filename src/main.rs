@@ -10,6 +10,7 @@ mod disk;
 mod event;
 mod hangup;
 mod history;
+mod hold;
 mod http;
 mod hub;
 mod limits;

@@ -374,8 +374,10 @@ fn run(w: &mut Writer, sub: &Subscription<'_>, p: &StreamParams) -> io::Result<(
                     sub.set_position(at);
                 }
                 if page.end {
+                    sub.at_edge();
                     break;
                 }
+                sub.progress();
                 if let Some(done) = check(sub)? {
                     return Ok(done);
                 }

@@ -1,0 +1,82 @@
+//! The one wait a publish may have: while the hub's own stream threads are
+//! short of CPU. Stream threads run at the lowest priority (stream.rs), so
+//! at the maximum publish rate on a busy machine they can fall behind until
+//! they drop off the history and are ended, though their clients read
+//! promptly. A publish that finds such a subscriber far behind waits for a
+//! signal that it has caught up a page, for at most `MAX_HOLD`. A
+//! subscriber whose own client is what holds it up is never waited for.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// The longest a publish (or a follower's fan-out) is held back, in all.
+pub const MAX_HOLD: Duration = Duration::from_millis(250);
+
+#[derive(Default)]
+pub struct Hold {
+    lock: Mutex<()>,
+    caught_up: Condvar,
+    /// Publishers waiting: streams signal only when someone listens.
+    pub(crate) waiting: AtomicUsize,
+}
+
+impl Hold {
+    /// Waits while `behind()` holds, for at most `MAX_HOLD`; woken by
+    /// `progress`. Returns how long it waited.
+    pub fn wait_while(&self, behind: impl Fn() -> bool) -> Duration {
+        let started = Instant::now();
+        let deadline = started + MAX_HOLD;
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        while behind() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            guard = self
+                .caught_up
+                .wait_timeout(guard, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        drop(guard);
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        started.elapsed()
+    }
+
+    /// A stream wrote a page of its catch-up, or ended: wake the waiting
+    /// publishers to look again. Costs an atomic load when none waits.
+    pub fn progress(&self) {
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()));
+            self.caught_up.notify_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    #[test]
+    fn waits_until_signalled_and_at_most_the_bound() {
+        let hold = Hold::default();
+        let behind = AtomicBool::new(true);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while hold.waiting.load(Ordering::Acquire) == 0 {
+                    std::thread::yield_now();
+                }
+                behind.store(false, Ordering::Release);
+                hold.progress();
+            });
+            let waited = hold.wait_while(|| behind.load(Ordering::Acquire));
+            assert!(waited < MAX_HOLD, "not woken: {waited:?}");
+        });
+        let waited = hold.wait_while(|| true);
+        assert!(waited >= MAX_HOLD && waited < MAX_HOLD * 4, "{waited:?}");
+        assert!(hold.wait_while(|| false) < MAX_HOLD / 10);
+    }
+}
