@@ -360,6 +360,8 @@ struct State {
     /// The next file, zero-filled and flushed, name and all, by the
     /// preparer: a roll takes it.
     spare: Option<Segment>,
+    /// The size of the next file while the preparer makes it.
+    making: Option<u64>,
     /// When the preparer tries again after a file it could not make.
     retry_at: Option<Instant>,
     next_number: u64,
@@ -586,11 +588,14 @@ pub fn open(
         }
         segments.push_back(seg);
     }
-    // Records go on in an empty file made ahead: the one before it is
-    // flushed first, as at a roll.
-    if let [.., before, last] = segments.make_contiguous() {
-        if last.written.count == 0 {
-            before.file.sync_data().map_err(io_at(&before.path))?;
+    // An empty file after the newest with records was made ahead: records
+    // go on after the last one, and it waits for the next roll.
+    let mut spare = None;
+    if segments.len() >= 2 && segments.back().is_some_and(|s| s.written.count == 0) {
+        let last = segments.pop_back().expect("two segments");
+        match last.alloc {
+            0 => fs::remove_file(&last.path).map_err(io_at(&last.path))?,
+            _ => spare = Some(last),
         }
     }
     let segment_bytes = (history_bytes / SEGMENT_PARTS) as u64;
@@ -603,7 +608,8 @@ pub fn open(
         segment_events: (history / SEGMENT_PARTS).max(1),
         state: Mutex::new(State {
             segments,
-            spare: None,
+            spare,
+            making: None,
             retry_at: None,
             next_number: numbers.last().map_or(0, |n| n + 1),
             clock: newest.map(IdClock::after).unwrap_or_default(),
@@ -633,7 +639,9 @@ pub fn open(
         // A new log: its first file is made now, not while the first
         // publishers wait.
         let number = shared.lock().take_number();
-        let seg = shared.make_file(number).map_err(io_at(dir))?;
+        let seg = shared
+            .make_file(number, shared.segment_bytes)
+            .map_err(io_at(dir))?;
         shared.lock().spare = Some(seg);
     }
     let preparer = match shared.prepared {
@@ -757,6 +765,18 @@ impl State {
         Ok(())
     }
 
+    /// The size to give the next file: twice what the last full one
+    /// holds (files roll over after `--history`/8 events too), within the
+    /// bounds of a file. A record beyond it grows the file.
+    fn next_size(&self, sh: &Shared) -> u64 {
+        let n = self.segments.len();
+        let last_full = n.checked_sub(2).map(|i| self.segments[i].written.len);
+        let want = last_full.map_or(sh.segment_bytes, |len| 2 * len);
+        want.clamp(SEGMENT_MIN_BYTES, sh.segment_bytes)
+            .next_multiple_of(SEGMENT_MIN_BYTES)
+            .min(sh.segment_bytes)
+    }
+
     fn take_number(&mut self) -> u64 {
         self.next_number += 1;
         self.next_number - 1
@@ -795,6 +815,7 @@ impl State {
         let mut events: usize = self.segments.iter().map(|s| s.visible.count).sum();
         let mut bytes: u64 = self.segments.iter().map(Segment::size).sum();
         bytes += self.spare.as_ref().map_or(0, Segment::size);
+        bytes += self.making.unwrap_or(0);
         while let Some(front) = self.segments.front() {
             let newest_with_events = self.segments.iter().rposition(|s| s.visible.count > 0);
             let closed = front.visible == front.written;
@@ -1047,7 +1068,7 @@ impl Shared {
 
     /// Makes file `number` at its full size: zeros, flushed, and its name
     /// flushed into the directory. Whatever fails, no file is left.
-    fn make_file(&self, number: u64) -> io::Result<Segment> {
+    fn make_file(&self, number: u64, size: u64) -> io::Result<Segment> {
         let path = self.dir.join(segment_name(number));
         let made = (|| {
             let file = OpenOptions::new()
@@ -1055,10 +1076,10 @@ impl Shared {
                 .write(true)
                 .create_new(true)
                 .open(&path)?;
-            let zeros = vec![0; ZERO_CHUNK.min(self.segment_bytes as usize)];
+            let zeros = vec![0; ZERO_CHUNK.min(size as usize)];
             let mut at = 0;
-            while at < self.segment_bytes {
-                let n = (self.segment_bytes - at).min(zeros.len() as u64);
+            while at < size {
+                let n = (size - at).min(zeros.len() as u64);
                 file.write_all_at(&zeros[..n as usize], at)?;
                 at += n;
             }
@@ -1069,7 +1090,7 @@ impl Shared {
         match made {
             Ok(file) => {
                 let mut seg = Segment::new(path, file, number);
-                seg.alloc = self.segment_bytes;
+                seg.alloc = size;
                 Ok(seg)
             }
             Err(e) => {
@@ -1099,24 +1120,36 @@ impl Shared {
                 .collect();
             let retry_due = st.retry_at.is_none_or(|t| Instant::now() >= t);
             let number = (st.spare.is_none() && retry_due).then(|| st.take_number());
+            // Room for the new file, within --history-bytes.
+            st.making = number.map(|_| st.next_size(self));
+            let removed = match st.making {
+                Some(_) => st.retain(self),
+                None => Vec::new(),
+            };
             if cuts.is_empty() && number.is_none() {
                 st = match st.retry_at {
                     Some(t) => {
                         let left = t.saturating_duration_since(Instant::now());
-                        self.prepare.wait_timeout(st, left).unwrap_or_else(|e| e.into_inner()).0
+                        self.prepare
+                            .wait_timeout(st, left)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
                     }
                     None => self.prepare.wait(st).unwrap_or_else(|e| e.into_inner()),
                 };
                 continue;
             }
+            let making = st.making;
             drop(st);
+            remove(removed);
             for (file, len) in &cuts {
                 if let Err(e) = file.set_len(*len) {
                     log::warn!("event log: cannot cut the unused end off a full file: {e}");
                 }
             }
-            let made = number.map(|n| self.make_file(n));
+            let made = number.zip(making).map(|(n, size)| self.make_file(n, size));
             st = self.lock();
+            st.making = None;
             for (file, len) in cuts {
                 if let Some(seg) = st.segments.iter_mut().find(|s| Arc::ptr_eq(&s.file, &file)) {
                     seg.alloc = seg.alloc.min(len);
@@ -1472,7 +1505,10 @@ mod tests {
     /// Where the records of a file end: zeros (if any) follow.
     fn records_end(path: &Path) -> u64 {
         let bytes = fs::read(path).unwrap();
-        bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i as u64 + 1)
+        bytes
+            .iter()
+            .rposition(|b| *b != 0)
+            .map_or(0, |i| i as u64 + 1)
     }
 
     fn disk_bytes(dir: &TempDir) -> u64 {
@@ -1586,6 +1622,117 @@ mod tests {
         io::Write::write_all(&mut &f, &[0; 100]).unwrap();
         let log = open_log(&dir, 100, 1 << 20, Fsync::Always);
         assert_eq!(log.len(), 5);
+    }
+
+    /// Files get their size up front: the zeros after the last record are
+    /// the clean end, kept as they are, and a restart writes on after the
+    /// last record.
+    #[test]
+    fn the_zeros_after_the_last_record_are_the_clean_end() {
+        let dir = TempDir::new("zero-end");
+        let log = open_log(&dir, 100, 1 << 20, Fsync::Always);
+        let size = log.shared.segment_bytes;
+        let ids: Vec<EventId> = (0..3)
+            .map(|i| publish(&log, "t", &i.to_string()).id)
+            .collect();
+        drop(log);
+        let file = written_files(&dir).pop().unwrap();
+        assert_eq!(file.metadata().unwrap().len(), size);
+        let end = records_end(&file);
+        assert!(end < size);
+        let log = open_log(&dir, 100, 1 << 20, Fsync::Always);
+        assert_eq!(log.len(), 3);
+        assert_eq!(file.metadata().unwrap().len(), size, "nothing cut off");
+        let next = publish(&log, "t", "after the restart");
+        drop(log);
+        assert_eq!(file.metadata().unwrap().len(), size);
+        let bytes = fs::read(&file).unwrap();
+        let at = end as usize;
+        let len = HEADER + u32_at(&bytes, at) as usize;
+        assert_eq!(parse(&bytes[at..at + len]).unwrap().id, next.id);
+        let log = open_log(&dir, 100, 1 << 20, Fsync::Always);
+        let (_, read) = read_all(&log, ids[0], &TopicFilter::all());
+        assert_eq!(read, [ids[1], ids[2], next.id]);
+    }
+
+    /// A record of which only the first part reached the disk, zeros after
+    /// it: torn, cut off, and the next record goes where it was.
+    #[test]
+    fn a_torn_record_followed_by_zeros_is_cut_off() {
+        let dir = TempDir::new("torn-zeros");
+        let log = open_log(&dir, 100, 1 << 20, Fsync::Always);
+        let a = publish(&log, "t", "kept").id;
+        let at = log.shared.lock().segments.back().unwrap().written.len;
+        publish(&log, "t", &"x".repeat(3000));
+        drop(log);
+        let file = written_files(&dir).pop().unwrap();
+        let end = records_end(&file);
+        let f = OpenOptions::new().write(true).open(&file).unwrap();
+        let half = at + (end - at) / 2;
+        f.write_all_at(&vec![0; (end - half) as usize], half)
+            .unwrap();
+        let log = open_log(&dir, 100, 1 << 20, Fsync::Always);
+        assert_eq!((log.len(), log.oldest()), (1, Some(a)));
+        assert_eq!(file.metadata().unwrap().len(), at, "cut at the torn record");
+        let b = publish(&log, "t", "again").id;
+        drop(log);
+        let log = open_log(&dir, 100, 1 << 20, Fsync::Always);
+        let (_, read) = read_all(&log, a, &TopicFilter::all());
+        assert_eq!(read, [b]);
+    }
+
+    /// Zeros, or a record that fails its checks, with records after them
+    /// in the newest file: damage, not the end.
+    #[test]
+    fn zeros_or_damage_before_a_record_stop_the_open() {
+        let dir = TempDir::new("zero-damage");
+        let log = open_log(&dir, 100, 1 << 20, Fsync::Always);
+        for i in 0..3 {
+            publish(&log, "t", &format!("event {i}"));
+        }
+        drop(log);
+        let file = written_files(&dir).pop().unwrap();
+        let bytes = fs::read(&file).unwrap();
+        let first = HEADER + u32_at(&bytes, 0) as usize;
+        let second = HEADER + u32_at(&bytes, first) as usize;
+        let zeroed = {
+            let mut b = bytes.clone();
+            b[first..first + second].fill(0);
+            b
+        };
+        let flipped = {
+            let mut b = bytes.clone();
+            b[first + HEADER + FIXED] ^= 0x01;
+            b
+        };
+        for damaged in [zeroed, flipped] {
+            fs::write(&file, &damaged).unwrap();
+            let Err(e) = open(&dir.0, 100, 1 << 20, Fsync::Always) else {
+                panic!("opened a damaged log");
+            };
+            let text = e.to_string();
+            let want = format!("{} at offset {first}", file.display());
+            assert!(text.contains(&want), "{text}");
+        }
+        fs::write(&file, &bytes).unwrap();
+        assert_eq!(open_log(&dir, 100, 1 << 20, Fsync::Always).len(), 3);
+    }
+
+    /// With files made ahead, the files on disk (at their full size, the
+    /// next one included) stay within --history-bytes plus one file.
+    #[test]
+    fn files_made_ahead_stay_within_the_disk_bound() {
+        let dir = TempDir::new("bound");
+        let history_bytes = 64 << 10;
+        let log = open_log(&dir, 10_000, history_bytes, Fsync::Always);
+        let bound = history_bytes as u64 + log.shared.segment_bytes;
+        let data = "x".repeat(500);
+        for _ in 0..3 * history_bytes / 500 {
+            publish(&log, "t", &data);
+            let used = disk_bytes(&dir);
+            assert!(used <= bound, "{used} bytes on disk");
+        }
+        assert!(log.len() * 500 >= history_bytes / 2, "{} events", log.len());
     }
 
     #[test]
