@@ -732,7 +732,26 @@ impl State {
             return Err(e);
         }
         seg.push(at, id, record.len());
+        let half =
+            |len: u64, count: usize| 2 * len >= sh.segment_bytes || 2 * count >= sh.segment_events;
+        if sh.prepared
+            && half(seg.written.len, seg.written.count)
+            && !half(at, seg.written.count - 1)
+        {
+            sh.prepare.notify_one();
+        }
         Ok(())
+    }
+
+    /// Whether the next file should be made now: once the newest is half
+    /// full, so that it is sized from what goes into files, and the disk is
+    /// not busy with it while the publishers of a new log start.
+    fn wants_spare(&self, sh: &Shared) -> bool {
+        self.spare.is_none()
+            && self.retry_at.is_none_or(|t| Instant::now() >= t)
+            && self.segments.back().is_none_or(|s| {
+                2 * s.written.len >= sh.segment_bytes || 2 * s.written.count >= sh.segment_events
+            })
     }
 
     /// Starts a new file. The full one is flushed first, whatever --fsync
@@ -765,13 +784,18 @@ impl State {
         Ok(())
     }
 
-    /// The size to give the next file: twice what the last full one
-    /// holds (files roll over after `--history`/8 events too), within the
-    /// bounds of a file. A record beyond it grows the file.
+    /// The size to give the next file: twice what the last full one holds,
+    /// or the newest will hold (files roll over after `--history`/8 events
+    /// too), within the bounds of a file. A record beyond it grows the file.
     fn next_size(&self, sh: &Shared) -> u64 {
         let n = self.segments.len();
         let last_full = n.checked_sub(2).map(|i| self.segments[i].written.len);
-        let want = last_full.map_or(sh.segment_bytes, |len| 2 * len);
+        let newest = self.segments.back().map(|s| s.written).unwrap_or_default();
+        let newest_full = match newest.count {
+            0 => sh.segment_bytes,
+            n => newest.len / n as u64 * sh.segment_events as u64,
+        };
+        let want = 2 * last_full.unwrap_or(newest_full);
         want.clamp(SEGMENT_MIN_BYTES, sh.segment_bytes)
             .next_multiple_of(SEGMENT_MIN_BYTES)
             .min(sh.segment_bytes)
@@ -1118,8 +1142,7 @@ impl Shared {
                 .filter(|s| s.alloc > s.written.len && s.written == s.visible)
                 .map(|s| (s.file.clone(), s.written.len))
                 .collect();
-            let retry_due = st.retry_at.is_none_or(|t| Instant::now() >= t);
-            let number = (st.spare.is_none() && retry_due).then(|| st.take_number());
+            let number = st.wants_spare(self).then(|| st.take_number());
             // Room for the new file, within --history-bytes.
             st.making = number.map(|_| st.next_size(self));
             let removed = match st.making {
@@ -2163,6 +2186,42 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// What a roll to the next file costs the append that makes it:
+    /// `cargo test --release disk::tests::measure_roll_stall -- --ignored
+    /// --nocapture`. The default bounds (files of 1,250 events), one
+    /// appender.
+    #[test]
+    #[ignore]
+    fn measure_roll_stall() {
+        let dir = TempDir::new("roll");
+        let log = open_log(&dir, 10_000, 64 << 20, Fsync::Always);
+        let data = "x".repeat(200);
+        let (mut plain, mut rolls) = (Vec::new(), Vec::new());
+        let mut number = None;
+        for _ in 0..12_000 {
+            let t = Instant::now();
+            publish(&log, "t", &data);
+            let took = t.elapsed();
+            let now = log.shared.lock().segments.back().map(|s| s.number);
+            match number.replace(now) {
+                Some(before) if before != now => rolls.push(took),
+                _ => plain.push(took),
+            }
+        }
+        plain.sort();
+        rolls.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "{} appends: p50 {:.2} ms, p99 {:.2} ms; {} rolls: p50 {:.2} ms, max {:.2} ms",
+            plain.len(),
+            ms(plain[plain.len() / 2]),
+            ms(plain[plain.len() * 99 / 100]),
+            rolls.len(),
+            ms(rolls[rolls.len() / 2]),
+            ms(*rolls.last().unwrap())
+        );
     }
 
     /// `cargo test --release disk::tests::measure_open_time -- --ignored
