@@ -173,6 +173,12 @@ const ROWS: &[(&str, &str, usize)] = &[
         0,
     ),
     (
+        "d.fsync.rate",
+        "disk alone: 200-byte appends, each with fdatasync, per s",
+        0,
+    ),
+    ("d.fsync.p50", "disk alone: one append + fdatasync, p50, ms", 2),
+    (
         "d.memory.1.rate",
         "publish, 1 publisher, in memory: events/s",
         0,

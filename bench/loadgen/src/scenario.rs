@@ -1037,6 +1037,11 @@ async fn data_storm(plan: &Plan, paths: &Paths) -> Figures {
 /// trip.
 async fn durable(plan: &Plan, paths: &Paths) -> Figures {
     let mut f = Figures::new();
+    // What the disk itself does at this moment (the machine's other work
+    // shares it): appends of 200 bytes, each flushed, on one thread.
+    let (syncs, sync_p50) = blocking(|| fsync_probe(Duration::from_secs(1))).await;
+    f.insert("d.fsync.rate".into(), syncs);
+    f.insert("d.fsync.p50".into(), sync_p50);
     for how in ["memory", "disk", "redis"] {
         eprintln!("ssehub: publishing, event log {how}");
         let b = match how {
@@ -1076,4 +1081,29 @@ async fn durable(plan: &Plan, paths: &Paths) -> Figures {
         f.insert(format!("d.{publishers}.disk_memory"), disk / mem);
     }
     f
+}
+
+/// Appends of 200 bytes to a new file in a temporary directory, each
+/// followed by `fdatasync`, for `time`: (flushes per second, median ms).
+fn fsync_probe(time: Duration) -> (f64, f64) {
+    use std::io::Write as _;
+    let Ok(dir) = TempDir::new("fsync") else {
+        return (f64::NAN, f64::NAN);
+    };
+    let Ok(mut file) = std::fs::File::create(dir.path.join("probe")) else {
+        return (f64::NAN, f64::NAN);
+    };
+    let mut h = Histogram::default();
+    let t0 = Instant::now();
+    while t0.elapsed() < time {
+        let t = Instant::now();
+        if file.write_all(&[b'x'; 200]).is_err() || file.sync_data().is_err() {
+            return (f64::NAN, f64::NAN);
+        }
+        h.record(t.elapsed().as_micros() as u64);
+    }
+    (
+        h.total as f64 / t0.elapsed().as_secs_f64(),
+        h.quantile_ms(0.5),
+    )
 }
