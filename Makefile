@@ -56,7 +56,7 @@ bench-deps:
 	fi
 
 # The same scenarios against ssehub, nchan and an axum baseline, in one run
-# (about two minutes once built); prints the markdown table and saves it under
+# (about four minutes once built); prints the markdown table and saves it under
 # target/bench/. BENCH_ARGS=--quick for a smaller, faster pass.
 BENCH_ARGS ?=
 bench: bench-deps

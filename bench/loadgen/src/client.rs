@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use crate::account::Account;
-use crate::wire::{self, Payload, StreamParser};
+use crate::account::{Account, Histogram};
+use crate::wire::{self, Payload, StreamParser, PAYLOAD_BYTES};
 
 /// Shared by every client of one server.
 pub struct Ctx {
@@ -76,6 +76,8 @@ pub struct SubState {
     /// Events of no current phase (not bench payloads, or an old phase).
     pub stale: u64,
     pub last_id: Vec<u8>,
+    /// The local port of the current connection.
+    pub local_port: u16,
     /// The last connection attempt ran out of patience without a stream.
     pub gave_up: bool,
     pub account: Option<Account>,
@@ -90,6 +92,24 @@ pub struct Dial {
     pub pace: Option<Arc<Semaphore>>,
     /// Give up reconnecting after this long.
     pub patience: Duration,
+    /// A subscriber that never reads: its receive buffer is this small
+    /// (bytes) and, once the head has arrived, it only holds the socket.
+    pub never_read: Option<u32>,
+    /// Send the last event id as this query parameter rather than as the
+    /// `Last-Event-ID` header.
+    pub id_query: Option<&'static str>,
+}
+
+impl Dial {
+    /// A subscriber that reads everything, the id (if any) in the header.
+    pub fn reading(pace: Option<Arc<Semaphore>>, patience: Duration) -> Dial {
+        Dial {
+            pace,
+            patience,
+            never_read: None,
+            id_query: None,
+        }
+    }
 }
 
 /// Runs one subscriber until `STOP`: connects, reads, and after its stream
@@ -112,7 +132,7 @@ pub async fn subscriber(ctx: Arc<Ctx>, sub: Sub, dial: Dial) {
             let last_id = sub.lock().expect("sub").last_id.clone();
             let attempt = tokio::time::timeout(
                 deadline.saturating_duration_since(Instant::now()),
-                open(&ctx, &last_id),
+                open(&ctx, &last_id, &dial),
             )
             .await
             .unwrap_or_else(|_| Err("no head before the deadline".into()));
@@ -140,7 +160,14 @@ pub async fn subscriber(ctx: Arc<Ctx>, sub: Sub, dial: Dial) {
                 let mut st = sub.lock().expect("sub");
                 st.open = true;
                 st.opened_at = Some(Instant::now());
+                st.local_port = tcp.local_addr().map_or(0, |a| a.port());
                 st.failure = None;
+            }
+            if dial.never_read.is_some() {
+                // Holds the socket, unread, until told to stop.
+                wait_for(&mut command, STOP).await;
+                drop(tcp);
+                return;
             }
             let why = tokio::select! {
                 why = read_stream(&ctx, &sub, tcp, parser, rest) => why,
@@ -178,17 +205,29 @@ async fn wait_for(command: &mut watch::Receiver<u64>, value: u64) {
 type Opened = (TcpStream, StreamParser, Vec<u8>);
 
 /// Connects and reads the response head; Err unless 200.
-async fn open(ctx: &Ctx, last_id: &[u8]) -> Result<Opened, String> {
-    let mut tcp = TcpStream::connect(ctx.addr)
+async fn open(ctx: &Ctx, last_id: &[u8], dial: &Dial) -> Result<Opened, String> {
+    let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    if let Some(bytes) = dial.never_read {
+        // Before connecting, so that the window offered is small too.
+        socket
+            .set_recv_buffer_size(bytes)
+            .map_err(|e| format!("SO_RCVBUF: {e}"))?;
+    }
+    let mut tcp = socket
+        .connect(ctx.addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     tcp.set_nodelay(true).ok();
+    let mut target = ctx.subscribe_path.to_string();
+    if let (Some(name), false) = (dial.id_query, last_id.is_empty()) {
+        // The ids of ssehub need no escaping ("<ms>-<seq>").
+        target = format!("{target}&{name}={}", String::from_utf8_lossy(last_id));
+    }
     let mut req = format!(
-        "GET {} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n",
-        ctx.subscribe_path
+        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n"
     )
     .into_bytes();
-    if !last_id.is_empty() {
+    if !last_id.is_empty() && dial.id_query.is_none() {
         req.extend_from_slice(b"Last-Event-ID: ");
         req.extend_from_slice(last_id);
         req.extend_from_slice(b"\r\n");
@@ -278,11 +317,13 @@ pub enum Pace {
 }
 
 /// What a publisher did.
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 pub struct PubResult {
     pub published: u64,
     pub errors: u64,
     pub last_error: Option<String>,
+    /// From sending each answered publish to reading its answer.
+    pub latency: Histogram,
 }
 
 /// Publishes up to `count` events of `phase` as publisher `index`, on one
@@ -294,6 +335,19 @@ pub async fn publisher(
     count: u64,
     pace: Pace,
     until: Instant,
+) -> PubResult {
+    publisher_sized(ctx, phase, index, count, pace, until, PAYLOAD_BYTES).await
+}
+
+/// `publisher`, with event data of about `bytes` each.
+pub async fn publisher_sized(
+    ctx: Arc<Ctx>,
+    phase: u32,
+    index: u32,
+    count: u64,
+    pace: Pace,
+    until: Instant,
+    bytes: usize,
 ) -> PubResult {
     let mut result = PubResult::default();
     let mut conn: Option<TcpStream> = None;
@@ -307,13 +361,14 @@ pub async fn publisher(
             }
             tokio::time::sleep_until(at.into()).await;
         }
+        let sent_ns = ctx.now_ns();
         let payload = Payload {
             phase,
             publisher: index,
             seq,
-            sent_ns: ctx.now_ns(),
+            sent_ns,
         }
-        .encode();
+        .encode_to(bytes);
         let mut req = format!(
             "POST {} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
             ctx.publish_path,
@@ -330,7 +385,12 @@ pub async fn publisher(
         // A failed publish keeps its sequence number unused: receivers
         // count only what was answered 2xx.
         match outcome {
-            Ok(()) => result.published += 1,
+            Ok(()) => {
+                result.published += 1;
+                result
+                    .latency
+                    .record(ctx.now_ns().saturating_sub(sent_ns) / 1000);
+            }
             Err(e) => {
                 conn = None;
                 result.errors += 1;

@@ -4,13 +4,14 @@
 //!
 //!     loadgen run [--servers ssehub,nchan,axum] [--quick] [--fanouts 100,1000]
 //!                 [--no-streams] [--streams N] [--redis-fanouts 100,1000]
-//!                 [--only fanout,streams,redis]
+//!                 [--memory-streams N] [--only fanout,streams,memory,durable,redis]
 //!     loadgen median RESULTS.tsv...     # the median of several runs
 //!     loadgen wake [--threads N] [--futex-buckets N] [--one-cpu]
 //!
 //! `SSEHUB=path` measures another ssehub build, `SSEHUB_ARGS="..."` adds
 //! options (a limit a scenario needs, such as `--max-subscribers`),
-//! `REDIS_SERVER=path` names the `redis-server` of the Redis scenario.
+//! `REDIS_SERVER=path` names the `redis-server` of the Redis scenario and of
+//! the durable-log comparison.
 //!
 //! Every phase is bounded in count and time. The servers (and the Redis of
 //! the Redis scenario) are started (and restarted, for the reconnect storm)
@@ -26,7 +27,7 @@ mod wire;
 
 use std::path::PathBuf;
 use std::sync::LazyLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use server::{Kind, Paths};
 
@@ -35,7 +36,7 @@ pub static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 pub fn usage() -> ! {
     eprintln!(
-        "usage: loadgen run [--servers ssehub,nchan,axum] [--quick] [--out DIR]\n                   [--fanouts 100,1000] [--no-streams] [--streams N]\n                   [--redis-fanouts 100,1000] [--only fanout,streams,redis]\n       loadgen median RESULTS.tsv...\n       loadgen wake [--threads N] [--futex-buckets N] [--one-cpu]"
+        "usage: loadgen run [--servers ssehub,nchan,axum] [--quick] [--out DIR]\n                   [--fanouts 100,1000] [--no-streams] [--streams N]\n                   [--redis-fanouts 100,1000] [--memory-streams N]\n                   [--only fanout,streams,memory,durable,redis]\n       loadgen median RESULTS.tsv...\n       loadgen wake [--threads N] [--futex-buckets N] [--one-cpu]"
     );
     std::process::exit(2);
 }
@@ -61,6 +62,7 @@ fn run(args: &[String]) {
     let mut only: Option<Vec<String>> = None;
     let mut no_streams = false;
     let mut streams: Option<usize> = None;
+    let mut memory_streams: Option<usize> = None;
     let mut out = root.join("target/bench");
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -83,10 +85,9 @@ fn run(args: &[String]) {
             "--only" => {
                 let list = it.next().unwrap_or_else(|| usage());
                 let names: Vec<String> = list.split(',').map(String::from).collect();
-                if names
-                    .iter()
-                    .any(|n| !["fanout", "streams", "redis"].contains(&n.as_str()))
-                {
+                if names.iter().any(|n| {
+                    !["fanout", "streams", "memory", "durable", "redis"].contains(&n.as_str())
+                }) {
                     usage();
                 }
                 only = Some(names);
@@ -94,6 +95,13 @@ fn run(args: &[String]) {
             "--no-streams" => no_streams = true,
             "--streams" => {
                 streams = Some(
+                    it.next()
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or_else(|| usage()),
+                )
+            }
+            "--memory-streams" => {
+                memory_streams = Some(
                     it.next()
                         .and_then(|n| n.parse().ok())
                         .unwrap_or_else(|| usage()),
@@ -122,9 +130,14 @@ fn run(args: &[String]) {
     }
     if let Some(n) = streams {
         plan.streams = n;
+        plan.data_storm_streams = n;
+    }
+    if let Some(n) = memory_streams {
+        plan.memory_streams = n;
     }
     if no_streams {
         plan.streams = 0;
+        plan.data_storm_streams = 0;
     }
     if let Some(f) = redis_fanouts {
         plan.redis_fanouts = f;
@@ -137,18 +150,28 @@ fn run(args: &[String]) {
         if !on("streams") {
             plan.streams = 0;
         }
+        if !on("memory") {
+            plan.memory_streams = 0;
+        }
+        if !on("durable") {
+            plan.durable_time = Duration::ZERO;
+            plan.data_storm_streams = 0;
+        }
         if !on("redis") {
             plan.redis_fanouts.clear();
         }
     }
     if !servers.contains(&Kind::Ssehub) {
         plan.redis_fanouts.clear();
+        plan.durable_time = Duration::ZERO;
+        plan.data_storm_streams = 0;
     }
     // Found now rather than after minutes of other scenarios.
-    if !plan.redis_fanouts.is_empty() && !runs(&paths.redis) {
+    let needs_redis = !plan.redis_fanouts.is_empty() || !plan.durable_time.is_zero();
+    if needs_redis && !runs(&paths.redis) {
         eprintln!(
-            "loadgen: {} --version failed: the Redis scenario needs redis-server \
-             (`make bench-deps` installs it; --redis-fanouts '' skips the scenario)",
+            "loadgen: {} --version failed: the Redis and durable-log scenarios need \
+             redis-server (`make bench-deps` installs it; --only skips them)",
             paths.redis.display()
         );
         std::process::exit(2);

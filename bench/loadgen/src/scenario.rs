@@ -1,9 +1,12 @@
 //! The scenarios, each against a freshly started server so no stream of an
 //! earlier phase lingers: fan-out at the maximum publish rate (100 and
 //! 1,000 subscribers); then N idle streams, the same N at 10 events/s, and a
-//! reconnect storm after a restart; then (ssehub only) a fixed publish rate
-//! through two hub processes on one Redis, and the same load on one hub
-//! alone. Every figure lands in `Figures` under a key `report.rs` knows.
+//! reconnect storm after a restart; then the memory a stream holds after a
+//! burst of large events and during a replay to clients that do not read;
+//! then (ssehub only) the reconnect storm with `--data`, the publish rate of
+//! the durable log against Redis's append-only file, and a fixed publish
+//! rate through two hub processes on one Redis, and the same load on one
+//! hub alone. Every figure lands in `Figures` under a key `report.rs` knows.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -14,8 +17,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::account::{Account, Histogram};
-use crate::client::{self, Ctx, Dial, Pace, Sub, SubState, STOP};
-use crate::server::{self, Kind, Paths, Redis, Server};
+use crate::client::{self, Ctx, Dial, Pace, PubResult, Sub, SubState, STOP};
+use crate::server::{self, Kind, Paths, Redis, Server, TempDir, Usage};
+use crate::wire::PAYLOAD_BYTES;
 
 pub type Figures = BTreeMap<String, f64>;
 pub type Results = BTreeMap<&'static str, Figures>;
@@ -33,6 +37,20 @@ pub struct Plan {
     pub paced: [Paced; 2],
     pub storm_events: u64,
     pub drain: Duration,
+    /// Streams held in the memory scenario (0: no memory scenario).
+    pub memory_streams: usize,
+    /// The burst every one of them reads: this many events of this size.
+    pub burst_events: u64,
+    pub burst_bytes: usize,
+    /// Subscribers that then replay the burst and never read.
+    pub replayers: usize,
+    /// Their receive buffer, bytes.
+    pub replayer_buffer: u32,
+    /// How long each publisher count publishes to each durable log
+    /// (ssehub only; zero: no durable-log scenario).
+    pub durable_time: Duration,
+    /// Streams of the reconnect storm with `--data` (ssehub only; 0: none).
+    pub data_storm_streams: usize,
     /// Subscriber counts of the Redis scenario (ssehub only).
     pub redis_fanouts: Vec<usize>,
     /// Events per second published in the Redis scenario, by subscriber
@@ -76,6 +94,13 @@ impl Plan {
             ],
             storm_events: 10,
             drain: Duration::from_secs(15),
+            memory_streams: if quick { 500 } else { 1000 },
+            burst_events: 20,
+            burst_bytes: 60 * 1024,
+            replayers: if quick { 20 } else { 50 },
+            replayer_buffer: 4096,
+            durable_time: Duration::from_secs(if quick { 1 } else { 3 }),
+            data_storm_streams: if quick { 2000 } else { 10_000 },
             redis_fanouts: vec![100, 1000],
             // 100,000 deliveries/s (1,000 events/s to 100 subscribers, 100
             // to 1,000), at most 1,000 events/s.
@@ -99,6 +124,11 @@ struct Bench {
     server: Option<Server>,
     publish_server: Option<Server>,
     redis: Option<Redis>,
+    /// The server's options beyond the defaults, for its restart.
+    extra: Vec<String>,
+    /// Where the server or its Redis keeps its log; removed once both are
+    /// stopped.
+    data: Option<TempDir>,
     ctx: Arc<Ctx>,
     subs: Vec<Sub>,
     tasks: Vec<JoinHandle<()>>,
@@ -107,8 +137,19 @@ struct Bench {
 
 impl Bench {
     async fn start(kind: Kind, paths: &Paths) -> Bench {
+        Bench::start_with(kind, paths, Vec::new(), None).await
+    }
+
+    /// With `extra` options (kept for a restart) and `data`, the directory
+    /// they name, removed at the end.
+    async fn start_with(
+        kind: Kind,
+        paths: &Paths,
+        extra: Vec<String>,
+        data: Option<TempDir>,
+    ) -> Bench {
         let port = server::free_port().expect("a free port");
-        let server = start_server(kind, port, paths).await;
+        let server = start_server(kind, port, paths, &extra).await;
         let ctx = Arc::new(Ctx::new(
             server.addr,
             kind.subscribe_path(),
@@ -118,7 +159,49 @@ impl Bench {
             server: Some(server),
             publish_server: None,
             redis: None,
+            extra,
+            data,
             ctx,
+            subs: Vec::new(),
+            tasks: Vec::new(),
+            next_phase: 1,
+        }
+    }
+
+    /// ssehub with `--data` on a directory of our own, `--fsync always`.
+    async fn start_durable(paths: &Paths, name: &str) -> Bench {
+        let dir = TempDir::new(name).expect("a temporary directory");
+        let extra = vec![
+            "--data".to_string(),
+            dir.path.to_string_lossy().into_owned(),
+            "--fsync".to_string(),
+            "always".to_string(),
+        ];
+        Bench::start_with(Kind::Ssehub, paths, extra, Some(dir)).await
+    }
+
+    /// One ssehub on a `redis-server` of our own that flushes its
+    /// append-only file before every answer (`--appendfsync always`).
+    async fn start_on_redis_aof(paths: &Paths) -> Bench {
+        let paths = paths.clone();
+        let (dir, redis, hub) = blocking(move || {
+            let dir = TempDir::new("redis-aof")?;
+            let redis = Redis::start_aof(&paths, &dir.path)?;
+            let extra = ["--redis".to_string(), redis.url()];
+            let hub = Server::start_with(Kind::Ssehub, server::free_port()?, &paths, &extra)?;
+            Ok::<_, std::io::Error>((dir, redis, hub))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("start redis-server (AOF) and ssehub on it: {e}"));
+        let kind = Kind::Ssehub;
+        let ctx = Ctx::new(hub.addr, kind.subscribe_path(), kind.publish_path());
+        Bench {
+            server: Some(hub),
+            publish_server: None,
+            redis: Some(redis),
+            extra: Vec::new(),
+            data: Some(dir),
+            ctx: Arc::new(ctx),
             subs: Vec::new(),
             tasks: Vec::new(),
             next_phase: 1,
@@ -145,6 +228,8 @@ impl Bench {
             server: Some(b),
             publish_server: Some(a),
             redis: Some(redis),
+            extra: Vec::new(),
+            data: None,
             ctx: Arc::new(ctx),
             subs: Vec::new(),
             tasks: Vec::new(),
@@ -173,12 +258,25 @@ impl Bench {
     /// waits until every one has its head or `timeout` passes. Returns how
     /// many are open.
     async fn subscribe(&mut self, n: usize, pace: usize, timeout: Duration) -> usize {
-        let dial = Dial {
-            pace: Some(Arc::new(Semaphore::new(pace))),
-            patience: timeout,
-        };
+        let dial = Dial::reading(Some(Arc::new(Semaphore::new(pace))), timeout);
+        self.subscribe_dial(n, dial, &[], timeout).await
+    }
+
+    /// Opens `n` more subscribers that connect as `dial` says, with
+    /// `last_id` (if not empty) as the last event id they had; waits as
+    /// `subscribe` does.
+    async fn subscribe_dial(
+        &mut self,
+        n: usize,
+        dial: Dial,
+        last_id: &[u8],
+        timeout: Duration,
+    ) -> usize {
         for _ in 0..n {
-            let sub: Sub = Arc::new(Mutex::new(SubState::default()));
+            let sub: Sub = Arc::new(Mutex::new(SubState {
+                last_id: last_id.to_vec(),
+                ..SubState::default()
+            }));
             self.subs.push(sub.clone());
             self.tasks.push(tokio::spawn(client::subscriber(
                 self.ctx.clone(),
@@ -261,28 +359,55 @@ impl Bench {
         pace: Pace,
         until: Instant,
     ) -> (u64, u64) {
+        let r = self
+            .publish_sized(phase, publishers, cap, pace, until, PAYLOAD_BYTES)
+            .await;
+        (r.published, r.errors)
+    }
+
+    /// `publish` with events of about `bytes`; what they did together,
+    /// latency included.
+    async fn publish_sized(
+        &self,
+        phase: u32,
+        publishers: u32,
+        cap: u64,
+        pace: Pace,
+        until: Instant,
+        bytes: usize,
+    ) -> PubResult {
         let handles: Vec<_> = (0..publishers)
             .map(|i| {
-                tokio::spawn(client::publisher(
+                tokio::spawn(client::publisher_sized(
                     self.ctx.clone(),
                     phase,
                     i,
                     cap,
                     pace,
                     until,
+                    bytes,
                 ))
             })
             .collect();
-        let (mut published, mut errors) = (0, 0);
+        let mut all = PubResult::default();
         for h in handles {
             let r = h.await.expect("publisher task");
-            published += r.published;
-            errors += r.errors;
+            all.published += r.published;
+            all.errors += r.errors;
+            all.latency.merge(&r.latency);
             if let Some(e) = r.last_error {
                 eprintln!("  publisher: {e}");
             }
         }
-        (published, errors)
+        all
+    }
+
+    /// The server's usage from /proc and what its memory cgroup is charged
+    /// (when it has one).
+    async fn measure(&self) -> (Usage, Option<u64>) {
+        let pids = self.pids();
+        let charged = self.server().memory_kib();
+        (blocking(move || server::usage(&pids)).await, charged)
     }
 
     /// Ends every subscriber and stops the server.
@@ -291,10 +416,11 @@ impl Bench {
         for t in self.tasks.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
-        let (server, publish_server, redis) = (
+        let (server, publish_server, redis, data) = (
             self.server.take(),
             self.publish_server.take(),
             self.redis.take(),
+            self.data.take(),
         );
         blocking(move || {
             for mut s in [server, publish_server].into_iter().flatten() {
@@ -303,14 +429,17 @@ impl Bench {
             if let Some(mut r) = redis {
                 r.stop(Duration::from_secs(5));
             }
+            // Only once nobody writes there any more.
+            drop(data);
         })
         .await;
     }
 }
 
-async fn start_server(kind: Kind, port: u16, paths: &Paths) -> Server {
+async fn start_server(kind: Kind, port: u16, paths: &Paths, extra: &[String]) -> Server {
     let paths = paths.clone();
-    blocking(move || Server::start(kind, port, &paths))
+    let extra = extra.to_vec();
+    blocking(move || Server::start_with(kind, port, &paths, &extra))
         .await
         .unwrap_or_else(|e| panic!("start {}: {e}", kind.name()))
 }
@@ -364,6 +493,41 @@ pub async fn run_all(plan: &Plan, servers: &[Kind], paths: &Paths) -> Results {
         let f = streams(plan, kind, paths).await;
         print_row(kind, &f);
         results.get_mut(kind.name()).expect("server").extend(f);
+    }
+    for &kind in servers {
+        if plan.memory_streams == 0 {
+            break;
+        }
+        let f = memory(plan, kind, paths).await;
+        print_row(kind, &f);
+        results.get_mut(kind.name()).expect("server").extend(f);
+    }
+    if let Some(figures) = results.get_mut(Kind::Ssehub.name()) {
+        if plan.data_storm_streams > 0 {
+            let f = data_storm(plan, paths).await;
+            print_row(Kind::Ssehub, &f);
+            figures.extend(f);
+        }
+        if !plan.durable_time.is_zero() {
+            let f = durable(plan, paths).await;
+            print_row(Kind::Ssehub, &f);
+            figures.extend(f);
+        }
+    }
+    // The storm with --data is ssehub's; the others' storm of this run
+    // stands beside it (their history is in memory either way).
+    if plan.data_storm_streams > 0 {
+        for (name, figures) in results.iter_mut() {
+            if *name != Kind::Ssehub.name() {
+                let copied: Vec<(String, f64)> = figures
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        Some((format!("dstorm.{}", k.strip_prefix("storm.")?), *v))
+                    })
+                    .collect();
+                figures.extend(copied);
+            }
+        }
     }
     if let Some(figures) = results.get_mut(Kind::Ssehub.name()) {
         for &subs in &plan.redis_fanouts {
@@ -523,7 +687,7 @@ async fn streams(plan: &Plan, kind: Kind, paths: &Paths) -> Figures {
         "{}: restart, then {open} subscribers reconnect at once",
         kind.name()
     );
-    storm(plan, kind, paths, &mut b, &mut f).await;
+    storm(plan, kind, paths, &mut b, &mut f, "storm").await;
     b.finish().await;
     f
 }
@@ -575,10 +739,18 @@ async fn paced_phase(
 /// Restarts the server; publishes `storm_events` to the new process; then
 /// every subscriber reconnects at once with its `Last-Event-ID`. Measures
 /// the time from that order until each has received those events (its
-/// replay), and what was lost. The history of all three servers is in
-/// memory, so what came before the restart is gone for all three; ssehub
-/// says so with an `ssehub:gap` event first (counted, not waited for).
-async fn storm(plan: &Plan, kind: Kind, paths: &Paths, b: &mut Bench, f: &mut Figures) {
+/// replay), and what was lost; figures named `prefix.*`. With its history
+/// in memory, what came before the restart is gone for all three servers;
+/// ssehub says so with an `ssehub:gap` event first (counted, not waited
+/// for). With `--data` (the `dstorm` run) ssehub still has it: no gap.
+async fn storm(
+    plan: &Plan,
+    kind: Kind,
+    paths: &Paths,
+    b: &mut Bench,
+    f: &mut Figures,
+    prefix: &str,
+) {
     let port = b.server().addr.port();
     let gaps0: u64 = b.subs.iter().map(|s| s.lock().expect("sub").gaps).sum();
     let errors0: u64 = b
@@ -592,7 +764,7 @@ async fn storm(plan: &Plan, kind: Kind, paths: &Paths, b: &mut Bench, f: &mut Fi
     while b.count(|s| (s.open, false)).0 > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    b.server = Some(start_server(kind, port, paths).await);
+    b.server = Some(start_server(kind, port, paths, &b.extra).await);
     // A restart takes at least this long in practice; and nchan's ids count
     // seconds, so an event published within the second of the last one
     // before the restart could get an id below it and be missed.
@@ -651,21 +823,21 @@ async fn storm(plan: &Plan, kind: Kind, paths: &Paths, b: &mut Bench, f: &mut Fi
             ((t.complete_at.len() as f64 * q).ceil() as usize).clamp(1, t.complete_at.len()) - 1;
         (t.complete_at[i] - t0).as_secs_f64()
     };
-    f.insert("storm.subscribers".into(), n as f64);
-    f.insert("storm.published".into(), published as f64);
-    f.insert("storm.complete".into(), t.complete as f64);
+    f.insert(format!("{prefix}.subscribers"), n as f64);
+    f.insert(format!("{prefix}.published"), published as f64);
+    f.insert(format!("{prefix}.complete"), t.complete as f64);
     f.insert(
-        "storm.all_s".into(),
+        format!("{prefix}.all_s"),
         if t.complete == n { at(1.0) } else { f64::NAN },
     );
-    f.insert("storm.p50_s".into(), at(0.5));
+    f.insert(format!("{prefix}.p50_s"), at(0.5));
     f.insert(
-        "storm.lost".into(),
+        format!("{prefix}.lost"),
         (published * n as u64).saturating_sub(t.unique) as f64,
     );
-    f.insert("storm.dup".into(), t.duplicate as f64);
-    f.insert("storm.gaps".into(), gaps as f64);
-    f.insert("storm.connect_errors".into(), errors as f64);
+    f.insert(format!("{prefix}.dup"), t.duplicate as f64);
+    f.insert(format!("{prefix}.gaps"), gaps as f64);
+    f.insert(format!("{prefix}.connect_errors"), errors as f64);
 }
 
 /// A fixed publish rate, `redis_rate` events/s for `redis_time`, to `subs`
@@ -726,4 +898,212 @@ async fn paced(plan: &Plan, paths: &Paths, subs: usize, on_redis: bool) -> Figur
     delivery_figures(&mut f, key, &t, expected, &b);
     b.finish().await;
     f
+}
+
+/// What the streams hold beyond a fresh server's own: `memory_streams` idle
+/// streams; the same after a burst of `burst_events` events of
+/// `burst_bytes` that every one has read; and while `replayers` more, each
+/// with a tiny receive buffer and never reading, replay the whole history
+/// (everything after its first event). Figures per stream (PSS, and what
+/// the memory cgroup is charged) and their ratio to idle.
+async fn memory(plan: &Plan, kind: Kind, paths: &Paths) -> Figures {
+    let n = plan.memory_streams;
+    eprintln!(
+        "{}: {n} streams, a burst of {} × {} KiB, then {} replay it without reading",
+        kind.name(),
+        plan.burst_events,
+        plan.burst_bytes / 1024,
+        plan.replayers
+    );
+    let mut f = Figures::new();
+    let mut b = Bench::start(kind, paths).await;
+    let base = b.measure().await;
+    let open = b.subscribe(n, 512, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = b.measure().await;
+    // The first event of the history, and every stream's position.
+    let synced = b.sync().await;
+    let first_id = b.subs[0].lock().expect("sub").last_id.clone();
+
+    let events = plan.burst_events;
+    let phase = b.begin_phase(1, events, 0);
+    let sent = b
+        .publish_sized(
+            phase,
+            1,
+            events,
+            Pace::Max,
+            Instant::now() + Duration::from_secs(30),
+            plan.burst_bytes,
+        )
+        .await;
+    let expected = sent.published * open as u64;
+    b.wait_delivered(expected, plan.drain).await;
+    let t = tally(&b.end_phase());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let burst = b.measure().await;
+
+    let dial = Dial {
+        never_read: Some(plan.replayer_buffer),
+        id_query: kind.replay_query(),
+        ..Dial::reading(None, Duration::from_secs(30))
+    };
+    let all = b
+        .subscribe_dial(plan.replayers, dial, &first_id, Duration::from_secs(30))
+        .await;
+    let replayers = all.saturating_sub(open);
+    // Long enough for every replay to have filled what the sockets take.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let replay = b.measure().await;
+    let ports: std::collections::HashSet<u16> = b.subs[open.min(b.subs.len())..]
+        .iter()
+        .map(|s| s.lock().expect("sub").local_port)
+        .collect();
+    // What the server has written for them that their clients have not
+    // taken: kernel memory outside the memory cgroup's figure (v1 charges
+    // socket buffers apart), and how far each replay got.
+    let (queued, _) = server::socket_queues(b.server().addr.port(), &ports);
+
+    let per = |a: u64, b: u64, streams: usize| (a as f64 - b as f64) / streams.max(1) as f64;
+    f.insert("mem.streams".into(), open as f64);
+    f.insert("mem.synced".into(), synced as f64);
+    f.insert("mem.burst_published".into(), sent.published as f64);
+    f.insert(
+        "mem.burst_lost".into(),
+        expected.saturating_sub(t.unique) as f64,
+    );
+    f.insert("mem.replayers".into(), replayers as f64);
+    f.insert(
+        "mem.replay_queued_kib".into(),
+        queued as f64 / 1024.0 / replayers.max(1) as f64,
+    );
+    let figures = [
+        (
+            "",
+            base.0.pss_kib,
+            idle.0.pss_kib,
+            burst.0.pss_kib,
+            replay.0.pss_kib,
+        ),
+        (
+            "charged_",
+            base.1.unwrap_or(0),
+            idle.1.unwrap_or(0),
+            burst.1.unwrap_or(0),
+            replay.1.unwrap_or(0),
+        ),
+    ];
+    for (what, base, idle, burst, replay) in figures {
+        if what == "charged_" && base == 0 {
+            continue; // no memory cgroup
+        }
+        let idle_kib = per(idle, base, open);
+        let burst_kib = per(burst, base, open);
+        let replay_kib = per(replay, base, open + replayers);
+        let replayer_kib = per(replay, burst, replayers);
+        f.insert(format!("mem.{what}idle_kib"), idle_kib);
+        f.insert(format!("mem.{what}burst_kib"), burst_kib);
+        f.insert(format!("mem.{what}burst_ratio"), burst_kib / idle_kib);
+        f.insert(format!("mem.{what}replay_kib"), replay_kib);
+        f.insert(format!("mem.{what}replay_ratio"), replay_kib / idle_kib);
+        f.insert(format!("mem.{what}replayer_kib"), replayer_kib);
+        f.insert(format!("mem.{what}replayer_ratio"), replayer_kib / idle_kib);
+    }
+    b.finish().await;
+    f
+}
+
+/// The reconnect storm against ssehub with `--data`: the restarted hub
+/// still has the history, so every subscriber gets exactly what it missed,
+/// with no `ssehub:gap`.
+async fn data_storm(plan: &Plan, paths: &Paths) -> Figures {
+    let n = plan.data_storm_streams;
+    eprintln!("ssehub --data: {n} streams, restart, then they reconnect at once");
+    let mut f = Figures::new();
+    let mut b = Bench::start_durable(paths, "storm").await;
+    let open = b.subscribe(n, 512, Duration::from_secs(60)).await;
+    let synced = b.sync().await;
+    f.insert("dstorm.open".into(), open as f64);
+    f.insert("dstorm.synced".into(), synced as f64);
+    storm(plan, Kind::Ssehub, paths, &mut b, &mut f, "dstorm").await;
+    b.finish().await;
+    f
+}
+
+/// Publishing as fast as answers come, with 1 and then 8 publishers, for
+/// `durable_time` each: ssehub in memory, with `--data --fsync always`, and
+/// on a Redis that flushes its append-only file before every answer. No
+/// subscriber: the figure is the log's. Latency is the publish's round
+/// trip.
+async fn durable(plan: &Plan, paths: &Paths) -> Figures {
+    let mut f = Figures::new();
+    // What the disk itself does at this moment (the machine's other work
+    // shares it): appends of 200 bytes, each flushed, on one thread.
+    let (syncs, sync_p50) = blocking(|| fsync_probe(Duration::from_secs(1))).await;
+    f.insert("d.fsync.rate".into(), syncs);
+    f.insert("d.fsync.p50".into(), sync_p50);
+    for how in ["memory", "disk", "redis"] {
+        eprintln!("ssehub: publishing, event log {how}");
+        let b = match how {
+            "memory" => Bench::start(Kind::Ssehub, paths).await,
+            "disk" => Bench::start_durable(paths, "publish").await,
+            _ => Bench::start_on_redis_aof(paths).await,
+        };
+        for publishers in [1u32, 8] {
+            let key = |k: &str| format!("d.{how}.{publishers}.{k}");
+            let pids = b.pids();
+            let cpu0 = server::cpu_s(&pids);
+            let t0 = Instant::now();
+            let r = b
+                .publish_sized(
+                    0,
+                    publishers,
+                    u64::MAX,
+                    Pace::Max,
+                    t0 + plan.durable_time,
+                    200,
+                )
+                .await;
+            let secs = t0.elapsed().as_secs_f64();
+            let cpu = server::cpu_s(&pids) - cpu0;
+            f.insert(key("rate"), r.published as f64 / secs);
+            f.insert(key("errors"), r.errors as f64);
+            f.insert(key("p50"), r.latency.quantile_ms(0.5));
+            f.insert(key("p99"), r.latency.quantile_ms(0.99));
+            f.insert(key("cpu_us"), cpu / r.published.max(1) as f64 * 1e6);
+        }
+        b.finish().await;
+    }
+    for publishers in [1, 8] {
+        let rate = |how: &str| f[&format!("d.{how}.{publishers}.rate")];
+        let (disk, redis, mem) = (rate("disk"), rate("redis"), rate("memory"));
+        f.insert(format!("d.{publishers}.disk_redis"), disk / redis);
+        f.insert(format!("d.{publishers}.disk_memory"), disk / mem);
+    }
+    f
+}
+
+/// Appends of 200 bytes to a new file in a temporary directory, each
+/// followed by `fdatasync`, for `time`: (flushes per second, median ms).
+fn fsync_probe(time: Duration) -> (f64, f64) {
+    use std::io::Write as _;
+    let Ok(dir) = TempDir::new("fsync") else {
+        return (f64::NAN, f64::NAN);
+    };
+    let Ok(mut file) = std::fs::File::create(dir.path.join("probe")) else {
+        return (f64::NAN, f64::NAN);
+    };
+    let mut h = Histogram::default();
+    let t0 = Instant::now();
+    while t0.elapsed() < time {
+        let t = Instant::now();
+        if file.write_all(&[b'x'; 200]).is_err() || file.sync_data().is_err() {
+            return (f64::NAN, f64::NAN);
+        }
+        h.record(t.elapsed().as_micros() as u64);
+    }
+    (
+        h.total as f64 / t0.elapsed().as_secs_f64(),
+        h.quantile_ms(0.5),
+    )
 }

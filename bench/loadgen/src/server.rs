@@ -36,6 +36,15 @@ impl Kind {
         }
     }
 
+    /// The query parameter a replay's last event id goes in; `None`: the
+    /// `Last-Event-ID` header (nchan reads it, as the axum server does).
+    pub fn replay_query(self) -> Option<&'static str> {
+        match self {
+            Kind::Ssehub => Some("lastEventId"),
+            _ => None,
+        }
+    }
+
     /// The request target that publishes to topic `bench`.
     pub fn publish_path(self) -> &'static str {
         match self {
@@ -167,6 +176,31 @@ impl Drop for MemoryCgroup {
     }
 }
 
+/// A directory of our own under the system's temporary directory, for a
+/// durable log (ssehub's `--data`, Redis's append-only file); removed with
+/// everything in it on drop, once whoever wrote there has been stopped.
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(name: &str) -> io::Result<TempDir> {
+        static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("loadgen-{}-{name}-{n}", std::process::id()));
+        fs::create_dir(&path)?;
+        Ok(TempDir { path })
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.path) {
+            eprintln!("loadgen: remove {}: {e}", self.path.display());
+        }
+    }
+}
+
 /// A free loopback port (the kernel picks it; the listener is dropped).
 pub fn free_port() -> io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -175,12 +209,8 @@ pub fn free_port() -> io::Result<u16> {
 }
 
 impl Server {
-    pub fn start(kind: Kind, port: u16, paths: &Paths) -> io::Result<Server> {
-        Server::start_with(kind, port, paths, &[])
-    }
-
     /// Starts the server with `extra` options after the defaults (ssehub
-    /// only: `--redis URL`).
+    /// only: `--redis URL`, `--data DIR`).
     pub fn start_with(
         kind: Kind,
         port: u16,
@@ -332,8 +362,9 @@ impl Drop for Server {
     }
 }
 
-/// A `redis-server` of our own on a free loopback port, saving nothing;
-/// stopped (SIGTERM, then SIGKILL) and reaped on drop.
+/// A `redis-server` of our own on a free loopback port, saving nothing
+/// (or, for the durable-log comparison, its append-only file flushed before
+/// every answer); stopped (SIGTERM, then SIGKILL) and reaped on drop.
 pub struct Redis {
     pub port: u16,
     child: Child,
@@ -343,15 +374,30 @@ impl Redis {
     pub fn start(paths: &Paths) -> io::Result<Redis> {
         let dir = paths.work.join("redis");
         fs::create_dir_all(&dir)?;
+        Redis::start_in(paths, &dir, &["--appendonly", "no"])
+    }
+
+    /// With `--appendonly yes --appendfsync always`, its files in `dir`
+    /// (which the caller removes).
+    pub fn start_aof(paths: &Paths, dir: &Path) -> io::Result<Redis> {
+        Redis::start_in(
+            paths,
+            dir,
+            &["--appendonly", "yes", "--appendfsync", "always"],
+        )
+    }
+
+    fn start_in(paths: &Paths, dir: &Path, persistence: &[&str]) -> io::Result<Redis> {
         let mut last = io::Error::other("no attempt");
         // The free port can be taken between the probe and Redis's bind.
         for _ in 0..5 {
             let port = free_port()?;
             let child = Command::new(&paths.redis)
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .args(["--save", "", "--daemonize", "no"])
+                .args(persistence)
                 .arg("--dir")
-                .arg(&dir)
+                .arg(dir)
                 .arg("--logfile")
                 .arg(paths.work.join("redis.log"))
                 .stdin(Stdio::null())
@@ -513,6 +559,44 @@ pub fn usage(pids: &[u32]) -> Usage {
         u.maps += fs::read_to_string(base.join("maps")).map_or(0, |m| m.lines().count() as u64);
     }
     u
+}
+
+/// Bytes queued in the kernel on the TCP connections between `server_port`
+/// and the local ports `peers` (from /proc/net/tcp): (in the server's send
+/// queues, in the peers' receive queues).
+pub fn socket_queues(server_port: u16, peers: &std::collections::HashSet<u16>) -> (u64, u64) {
+    let Ok(table) = fs::read_to_string("/proc/net/tcp") else {
+        return (0, 0);
+    };
+    let port = |addr: &str| {
+        addr.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    let (mut sent, mut received) = (0, 0);
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(remote), Some(queues)) = (
+            fields.get(1).and_then(|a| port(a)),
+            fields.get(2).and_then(|a| port(a)),
+            fields.get(4),
+        ) else {
+            continue;
+        };
+        let Some((tx, rx)) = queues.split_once(':') else {
+            continue;
+        };
+        let (tx, rx) = (
+            u64::from_str_radix(tx, 16).unwrap_or(0),
+            u64::from_str_radix(rx, 16).unwrap_or(0),
+        );
+        if local == server_port && peers.contains(&remote) {
+            sent += tx;
+        } else if remote == server_port && peers.contains(&local) {
+            received += rx;
+        }
+    }
+    (sent, received)
 }
 
 /// Raises this process's soft open-file limit to its hard limit (children

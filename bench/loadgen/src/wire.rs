@@ -226,17 +226,18 @@ pub struct Payload {
     pub sent_ns: u64,
 }
 
-/// Event data of about `PAYLOAD_BYTES`.
+/// Event data of about `PAYLOAD_BYTES`, unless a scenario asks for more.
 pub const PAYLOAD_BYTES: usize = 100;
 
 impl Payload {
-    pub fn encode(&self) -> Vec<u8> {
+    /// Event data of about `bytes`: the fields, then padding.
+    pub fn encode_to(&self, bytes: usize) -> Vec<u8> {
         let mut s = format!(
             "{}:{}:{}:{}:",
             self.phase, self.publisher, self.seq, self.sent_ns
         )
         .into_bytes();
-        s.resize(PAYLOAD_BYTES.max(s.len()), b'x');
+        s.resize(bytes.max(s.len()), b'x');
         s
     }
 
@@ -305,9 +306,10 @@ mod tests {
             seq: 12345,
             sent_ns: 987654321,
         };
-        let bytes = p.encode();
+        let bytes = p.encode_to(PAYLOAD_BYTES);
         assert_eq!(bytes.len(), PAYLOAD_BYTES);
         assert_eq!(Payload::decode(&bytes), Some(p));
+        assert_eq!(Payload::decode(&p.encode_to(60 * 1024)), Some(p));
         assert_eq!(Payload::decode(b"hello"), None);
     }
 
