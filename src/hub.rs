@@ -399,21 +399,31 @@ impl Hub {
     /// retains it; a dropped one is forgotten, and the topic is open again.
     fn closed_at(&self, inner: &mut Inner, topic: &str) -> Option<EventId> {
         let id = *inner.closes.get(topic)?;
-        if self.log.oldest().is_some_and(|oldest| oldest <= id) {
+        if !self.dropped(id) {
             return Some(id);
         }
         inner.closes.remove(topic);
         None
     }
 
+    /// Whether the log no longer retains `id`. A followed log's oldest id
+    /// may be older news than `id` (the Redis follower reads it before the
+    /// entries it fans out), so only an oldest id above `id` tells there;
+    /// an empty memory log retains nothing.
+    fn dropped(&self, id: EventId) -> bool {
+        match self.log.oldest() {
+            Some(oldest) => oldest > id,
+            None => !self.log.followed(),
+        }
+    }
+
     fn learn_close(&self, inner: &mut Inner, topic: &str, id: EventId) {
         let known = inner.closes.entry(topic.into()).or_insert(id);
         *known = (*known).max(id);
         if inner.closes.len() >= inner.prune_closes_at {
-            let oldest = self.log.oldest();
-            inner
-                .closes
-                .retain(|_, id| oldest.is_some_and(|oldest| oldest <= *id));
+            let mut closes = std::mem::take(&mut inner.closes);
+            closes.retain(|_, id| !self.dropped(*id));
+            inner.closes = closes;
             inner.prune_closes_at = (2 * inner.closes.len()).max(PRUNE_CLOSES);
         }
     }
