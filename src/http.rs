@@ -35,8 +35,8 @@ const PAGE: &str = include_str!("index.html");
 /// The page may run only its own inline script and style, named by their
 /// SHA-256 (a test below recomputes them), and connect only to this hub.
 const PAGE_CSP: &str = "default-src 'none'; \
-    script-src 'sha256-Gm5zhjBi7vkTDyMIR4DTixKfwmkbPQOz0dM/qr0zrjs='; \
-    style-src 'sha256-pnmgPyrV3QdhYfsDe7NPPBi87gdTbH4Sps4kAbYJwjg='; \
+    script-src 'sha256-pVxGasIkfGKN8hbzHNhl5JiYN51mbFFVNhE4ZJSppbM='; \
+    style-src 'sha256-G/orvONol+I064mvXyucWfuvXzPseabpid4amfoxx/U='; \
     connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// What every connection thread shares.
