@@ -317,3 +317,62 @@ fn delete_a_subscription_ends_exactly_that_stream() {
         assert_eq!(r.status, 404, "{unknown}: {}", r.text());
     }
 }
+
+/// Node's `eventsource` package (`make deps` installs it under
+/// target/node): after the 204 it stops for good, as browsers do.
+#[test]
+fn node_eventsource_stops_after_the_204() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let modules = format!("{root}/target/node/node_modules");
+    let found = std::path::Path::new(&format!("{modules}/eventsource")).exists()
+        && std::process::Command::new("node")
+            .arg("--version")
+            .output()
+            .is_ok();
+    if !found {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "node or its eventsource package is missing (`make deps` installs it)"
+        );
+        eprintln!("skipped: node or eventsource missing (`make deps` installs it)");
+        return;
+    }
+    let hub = crate::harness::Hub::start_with(
+        &["--retry-ms", "200"],
+        crate::harness::Start {
+            env: vec![("RUST_LOG", "ssehub=debug")],
+            ..Default::default()
+        },
+    );
+    let mut watcher = hub.subscribe("/events?topic=job", "");
+    watcher.next_block();
+    let node = std::process::Command::new("node")
+        .arg(format!("{root}/tests/node/ended.js"))
+        .arg(format!("http://{}/events?topic=job", hub.addr))
+        .env("NODE_PATH", &modules)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start node");
+    // Its stream is open once the hub counts two subscribers.
+    assert!(poll(Duration::from_secs(10), || hub
+        .metric("ssehub_subscribers")
+        == 2));
+    end_topic(&hub, "job", "done");
+    let out = node.wait_with_output().expect("node ran");
+    let got: Value = serde_json::from_slice(&out.stdout).expect("node's JSON");
+    assert_eq!(
+        got,
+        serde_json::json!({
+            // It reports the 204 while still CONNECTING, then is CLOSED.
+            "seen": ["open", "closed done", "error 0", "error 0 204"],
+            "readyState": 2
+        })
+    );
+    assert_eq!(
+        hub.log().matches("answered 204").count(),
+        1,
+        "{}",
+        hub.log()
+    );
+}
