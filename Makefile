@@ -23,9 +23,15 @@ APT_INSTALL = sh -c 'if [ ! -e /usr/sbin/policy-rc.d ]; then \
 	printf "\#!/bin/sh\nexit 101\n" >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d; fi; \
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$$@" >/dev/null' apt-install
 
-# Real components for the end-to-end tests: Redis, headless Chromium, and
-# nginx in front of a hub.
+# Real components for the end-to-end tests: Redis, headless Chromium,
+# nginx in front of a hub, and Node's eventsource package (under target/,
+# which git ignores).
 deps:
+	@if [ ! -d target/node/node_modules/eventsource ]; then \
+		echo "installing node's eventsource package under target/node"; \
+		if ! command -v npm >/dev/null; then $(APT_INSTALL) nodejs npm; fi; \
+		npm install --no-save --no-audit --no-fund --prefix target/node eventsource@2.0.2 >/dev/null; \
+	fi
 	@if ! command -v redis-server >/dev/null || ! command -v chromium >/dev/null || [ ! -x /usr/sbin/nginx ]; then \
 		echo "installing redis-server, chromium and nginx"; \
 		$(APT_INSTALL) redis-server chromium nginx; \

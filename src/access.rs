@@ -662,6 +662,30 @@ impl Access {
             .map_err(|e| if origin_allowed { e } else { cross_origin() })
     }
 
+    /// Whether a request may list and end subscriptions (SPEC
+    /// "Subscriptions"): as a publisher with the publish token, or with a
+    /// signed token whose publish selectors hold `*`. A hub without tokens
+    /// has no one to tell apart, and the listing names every subscriber's
+    /// address: only a client on `loopback` may.
+    pub fn observer(&self, head: &Head, loopback: bool) -> Result<(), Denied> {
+        let grants = self.publisher(head)?;
+        if self.publish_token.is_none() && self.signed.is_none() && !loopback {
+            return Err(Denied::new(
+                403,
+                "subscriptions are listed only to loopback clients when no token is configured",
+            ));
+        }
+        if !grants.publish.covers(&Selector::All) {
+            let reason = "subscriptions need the publish grant *";
+            return Err(Denied {
+                status: 403,
+                challenge: Some(challenge("insufficient_scope", reason)),
+                reason: reason.into(),
+            });
+        }
+        Ok(())
+    }
+
     fn token_publisher(&self, head: &Head, shared: Option<&str>) -> Result<Grants, Denied> {
         let wrong = "missing or wrong publish token";
         let token = match bearer(head) {

@@ -178,7 +178,7 @@ fn parse(record: &[u8]) -> Result<Record<'_>, &'static str> {
     // into an event stream.
     event::check_name("topic", topic).map_err(|_| "invalid topic")?;
     if !name.is_empty() {
-        event::check_event_name(name).map_err(|_| "invalid event name")?;
+        event::check_logged_event_name(name).map_err(|_| "invalid event name")?;
     }
     Ok(Record {
         id: EventId {

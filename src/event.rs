@@ -11,6 +11,9 @@ pub const MAX_NAME_BYTES: usize = 256;
 pub const MAX_ID_BYTES: usize = 64;
 /// Event names with this prefix are the hub's own (`ssehub:gap`).
 pub const RESERVED_PREFIX: &str = "ssehub:";
+/// The event that ends a topic (SPEC "Ending a topic"): the only reserved
+/// name the hub writes into its log, so the only one read back from it.
+pub const CLOSED: &str = "ssehub:closed";
 
 /// An event id: publish time in Unix milliseconds and a counter within that
 /// millisecond, ordered as a pair (the form of Redis stream ids).
@@ -113,6 +116,15 @@ pub fn check_event_name(s: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Checks an event name read back from a log: what a publisher may send, or
+/// the hub's own `ssehub:closed`.
+pub fn check_logged_event_name(s: &str) -> Result<(), String> {
+    match s {
+        CLOSED => Ok(()),
+        _ => check_event_name(s),
+    }
 }
 
 /// A set of topics as a subscriber asks for it or a token grants it
@@ -272,6 +284,41 @@ impl TopicFilter {
     /// True when no topic matches.
     pub fn is_empty(&self) -> bool {
         !self.all && self.names.is_empty()
+    }
+
+    /// The exact topics, when the set is made of nothing else: only such a
+    /// set can have all its topics ended (SPEC "Ending a topic").
+    pub fn only_topics(&self) -> Option<&[Box<str>]> {
+        (!self.all && self.prefixes().is_empty() && !self.names.is_empty()).then(|| self.exact())
+    }
+
+    /// Whether some topic is matched both by this set and by `selector`.
+    pub fn overlaps(&self, selector: &Selector) -> bool {
+        match selector {
+            _ if self.all => true,
+            Selector::All => !self.is_empty(),
+            Selector::Topic(topic) => self.matches(topic),
+            Selector::Prefix(p) => {
+                self.exact()
+                    .iter()
+                    .any(|t| t.len() > p.len() && t.starts_with(p.as_str()))
+                    || self
+                        .prefixes()
+                        .iter()
+                        .any(|k| k.starts_with(p.as_str()) || p.starts_with(&**k))
+            }
+        }
+    }
+
+    /// The selectors, as a subscriber would write them.
+    pub fn selectors(&self) -> Vec<String> {
+        if self.all {
+            return vec!["*".into()];
+        }
+        let topics = self.exact().iter().map(|t| t.to_string());
+        topics
+            .chain(self.prefixes().iter().map(|p| format!("{p}*")))
+            .collect()
     }
 }
 
@@ -532,5 +579,27 @@ mod tests {
         ] {
             println!("{name}: {:.1} ns per subscriber per event", time(f));
         }
+    }
+
+    #[test]
+    fn filters_tell_their_exact_topics_and_what_they_overlap() {
+        let f = |s: &[&str]| TopicFilter::new(s.iter().map(|s| Selector::parse(s).unwrap()));
+        let sel = |s: &str| Selector::parse(s).unwrap();
+        assert_eq!(f(&["b", "a"]).only_topics().unwrap().len(), 2);
+        assert!(f(&["a", "u/*"]).only_topics().is_none());
+        assert!(f(&["*"]).only_topics().is_none());
+        assert!(f(&[]).only_topics().is_none());
+        assert!(f(&["u/1"]).overlaps(&sel("u/*")));
+        assert!(!f(&["u"]).overlaps(&sel("u/*")));
+        assert!(f(&["u/a/*"]).overlaps(&sel("u/*")));
+        assert!(f(&["u/*"]).overlaps(&sel("u/a/*")));
+        assert!(f(&["u/*"]).overlaps(&sel("u/a")));
+        assert!(!f(&["v/*"]).overlaps(&sel("u/*")));
+        assert!(f(&["*"]).overlaps(&sel("x")));
+        assert_eq!(f(&["b", "u/*", "a"]).selectors(), ["a", "b", "u/*"]);
+        assert_eq!(f(&["*", "a"]).selectors(), ["*"]);
+        assert!(check_logged_event_name(CLOSED).is_ok());
+        assert!(check_logged_event_name("ssehub:gap").is_err());
+        assert!(check_event_name(CLOSED).is_err());
     }
 }

@@ -259,6 +259,7 @@ mod tests {
             id: id(ms),
             topic: topic.into(),
             bytes: vec![b'x'; size].into_boxed_slice(),
+            closes: false,
         })
     }
 

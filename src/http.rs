@@ -16,7 +16,7 @@ use crate::access::{Access, Denied};
 use crate::config::Config;
 use crate::event::{self, EventId, Selector, TopicFilter};
 use crate::hangup::Hangups;
-use crate::hub::{Hub, PublishError, SubscribeError};
+use crate::hub::{Hub, Listed, Peer, PublishError, SubscribeError};
 use crate::quiet::Quiet;
 use crate::request::{shown, Conn, Framing, Head, RequestError};
 use crate::stream::{self, StreamParams};
@@ -28,13 +28,15 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// `topic=` a subscription may give: each costs every fan-out a little.
 const MAX_TOPICS: usize = 64;
+/// Streams one `GET /subscriptions` lists at most; more is `"truncated"`.
+const MAX_LISTED: usize = 10_000;
 
 const PAGE: &str = include_str!("index.html");
 /// The page may run only its own inline script and style, named by their
 /// SHA-256 (a test below recomputes them), and connect only to this hub.
 const PAGE_CSP: &str = "default-src 'none'; \
-    script-src 'sha256-Gm5zhjBi7vkTDyMIR4DTixKfwmkbPQOz0dM/qr0zrjs='; \
-    style-src 'sha256-pnmgPyrV3QdhYfsDe7NPPBi87gdTbH4Sps4kAbYJwjg='; \
+    script-src 'sha256-pVxGasIkfGKN8hbzHNhl5JiYN51mbFFVNhE4ZJSppbM='; \
+    style-src 'sha256-G/orvONol+I064mvXyucWfuvXzPseabpid4amfoxx/U='; \
     connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// What every connection thread shares.
@@ -204,6 +206,11 @@ pub fn serve_connection(stream: TcpStream, app: &App) {
 enum Endpoint {
     Subscribe,
     Publish,
+    /// `DELETE /events`: end a topic.
+    EndTopic,
+    Subscriptions,
+    /// `DELETE /subscriptions/ID`.
+    EndSubscription,
     Preflight,
     Page,
     Health,
@@ -218,11 +225,17 @@ impl Endpoint {
         Ok(match (method, path) {
             (Method::Get, "/events") => Endpoint::Subscribe,
             (Method::Post, "/events") => Endpoint::Publish,
+            (Method::Delete, "/events") => Endpoint::EndTopic,
+            (Method::Get | Method::Head, "/subscriptions") => Endpoint::Subscriptions,
+            (Method::Delete, p) if p.starts_with("/subscriptions/") => Endpoint::EndSubscription,
             (Method::Options, "/events") if cors => Endpoint::Preflight,
             (Method::Get | Method::Head, "/") => Endpoint::Page,
             (Method::Get | Method::Head, "/healthz") => Endpoint::Health,
             (Method::Get | Method::Head, "/metrics") => Endpoint::Metrics,
-            (_, "/events" | "/" | "/healthz" | "/metrics") => {
+            (_, "/events" | "/" | "/healthz" | "/metrics" | "/subscriptions") => {
+                return Err(Refusal::new(405, "method not allowed"))
+            }
+            (_, p) if p.starts_with("/subscriptions/") => {
                 return Err(Refusal::new(405, "method not allowed"))
             }
             _ => return Err(Refusal::new(404, "not found")),
@@ -233,7 +246,7 @@ impl Endpoint {
     /// before a byte of it is read.
     fn body_limit(self, config: &Config) -> usize {
         match self {
-            Endpoint::Publish => config.max_event_bytes,
+            Endpoint::Publish | Endpoint::EndTopic => config.max_event_bytes,
             _ => 0,
         }
     }
@@ -264,7 +277,13 @@ fn route(mut conn: Conn, head: Head, app: &App) -> Option<Conn> {
         Err(refusal) => Err(refusal),
         Ok((endpoint, framing)) => match endpoint {
             Endpoint::Subscribe => return subscribe(conn, &head, framing, query, app),
-            Endpoint::Publish => publish(&mut conn, &head, framing, query, app),
+            Endpoint::Publish => publish(&mut conn, &head, framing, query, app, false),
+            Endpoint::EndTopic => publish(&mut conn, &head, framing, query, app, true),
+            Endpoint::Subscriptions => {
+                bodyless(&mut conn, framing).and_then(|()| subscriptions(&conn, &head, query, app))
+            }
+            Endpoint::EndSubscription => bodyless(&mut conn, framing)
+                .and_then(|()| end_subscription(&conn, &head, path, app)),
             Endpoint::Preflight => bodyless(&mut conn, framing).map(|()| preflight()),
             Endpoint::Page => bodyless(&mut conn, framing).map(|()| {
                 Reply::new(200, "text/html; charset=utf-8", PAGE)
@@ -294,8 +313,9 @@ fn route(mut conn: Conn, head: Head, app: &App) -> Option<Conn> {
         Ok(reply) => reply,
         Err(refusal) => {
             let allow = match path {
-                "/events" if app.config.cors_origin.is_some() => "GET, POST, OPTIONS",
-                "/events" => "GET, POST",
+                "/events" if app.config.cors_origin.is_some() => "GET, POST, DELETE, OPTIONS",
+                "/events" => "GET, POST, DELETE",
+                p if p.starts_with("/subscriptions/") => "DELETE",
                 _ => "GET, HEAD",
             };
             let close = refusal.close || body_unread;
@@ -308,7 +328,8 @@ fn route(mut conn: Conn, head: Head, app: &App) -> Option<Conn> {
     send(&mut conn, Some(&head), reply).then_some(conn)
 }
 
-/// Sends a refusal: JSON `{"error"}` on `POST /events`, plain text elsewhere.
+/// Sends a refusal: JSON `{"error"}` on `POST` and `DELETE`, plain text
+/// elsewhere.
 /// Returns whether the connection stays open.
 fn refuse(
     conn: &mut Conn,
@@ -332,7 +353,7 @@ fn refuse(
         );
     }
     crate::metrics::Metrics::add(&app.hub.metrics.refused, 1);
-    let publishing = head.is_some_and(|h| h.method == Method::Post);
+    let publishing = head.is_some_and(|h| matches!(h.method, Method::Post | Method::Delete));
     let mut reply = if publishing {
         Reply::json(
             refusal.status,
@@ -366,7 +387,7 @@ fn with_cors(reply: Reply, app: &App) -> Reply {
 
 fn preflight() -> Reply {
     Reply::new(204, "text/plain", "")
-        .header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+        .header("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS")
         .header(
             "Access-Control-Allow-Headers",
             "Last-Event-ID, Authorization, Content-Type",
@@ -430,12 +451,16 @@ fn percent_decode(s: &str) -> Result<String, &'static str> {
     String::from_utf8(out).map_err(|_| "query is not UTF-8")
 }
 
+/// `POST /events`, or with `end` `DELETE /events` (SPEC "Ending a topic"):
+/// the same grants and checks; the end takes no `event=` and may have no
+/// body.
 fn publish(
     conn: &mut Conn,
     head: &Head,
     framing: Framing,
     query: &str,
     app: &App,
+    end: bool,
 ) -> Result<Reply, Refusal> {
     let cfg = &app.config;
     let grants = app.access.publisher(head)?;
@@ -444,6 +469,12 @@ fn publish(
     for (k, v) in parse_query(query).map_err(|e| Refusal::new(400, e))? {
         let slot = match k.as_str() {
             "topic" => &mut topic,
+            "event" if end => {
+                return Err(Refusal::new(
+                    400,
+                    "the end of a topic is ssehub:closed: no event=",
+                ))
+            }
             "event" => &mut name,
             _ => continue,
         };
@@ -465,7 +496,7 @@ fn publish(
     if let Some(name) = &name {
         event::check_event_name(name).map_err(|e| Refusal::new(400, e))?;
     }
-    if framing == Framing::None {
+    if framing == Framing::None && !end {
         return Err(Refusal::new(411, "Content-Length or chunked body required"));
     }
     match head.single("Expect") {
@@ -480,7 +511,11 @@ fn publish(
     let deadline = Instant::now() + BODY_TIMEOUT;
     let body = conn.read_body(framing, cfg.max_event_bytes, deadline)?;
     let data = String::from_utf8(body).map_err(|_| Refusal::new(400, "body is not UTF-8"))?;
-    match app.hub.publish(&topic, name.as_deref(), &data) {
+    let published = match end {
+        true => app.hub.end_topic(&topic, &data),
+        false => app.hub.publish(&topic, name.as_deref(), &data),
+    };
+    match published {
         Ok(p) => Ok(Reply::json(
             200,
             serde_json::json!({
@@ -497,7 +532,90 @@ fn publish(
             retry_after: true,
             ..Refusal::new(503, e.to_string())
         }),
+        Err(PublishError::TopicClosed) => Err(Refusal::new(410, "topic closed")),
     }
+}
+
+fn observer(conn: &Conn, head: &Head, app: &App) -> Result<(), Refusal> {
+    let loopback = conn
+        .stream
+        .peer_addr()
+        .is_ok_and(|a| a.ip().is_loopback() || a.ip().to_canonical().is_loopback());
+    app.access.observer(head, loopback)?;
+    Ok(())
+}
+
+/// `GET /subscriptions[?topic=SELECTOR]`: this process's open streams.
+fn subscriptions(conn: &Conn, head: &Head, query: &str, app: &App) -> Result<Reply, Refusal> {
+    observer(conn, head, app)?;
+    let mut selector = None;
+    for (k, v) in parse_query(query).map_err(|e| Refusal::new(400, e))? {
+        if k == "topic" {
+            let parsed = Selector::parse(&v).map_err(|e| Refusal::new(400, e))?;
+            if selector.replace(parsed).is_some() {
+                return Err(Refusal::new(400, "topic given more than once"));
+            }
+        }
+    }
+    let (listed, truncated) = app.hub.subscriptions(selector.as_ref(), MAX_LISTED);
+    let list: Vec<serde_json::Value> = listed.iter().map(listed_json).collect();
+    let mut body = serde_json::json!({ "subscriptions": list });
+    if truncated {
+        body["truncated"] = true.into();
+    }
+    Ok(Reply::json(200, body).header("Cache-Control", "no-store"))
+}
+
+fn listed_json(l: &Listed) -> serde_json::Value {
+    serde_json::json!({
+        "id": l.id.to_string(),
+        "topics": l.topics,
+        "sub": l.peer.sub,
+        "address": l.peer.address.map(|a| a.to_string()),
+        "since": rfc3339(l.since),
+        "last_event_id": l.last_event_id.map(|id| id.to_string()),
+        "behind": l.behind,
+    })
+}
+
+/// `DELETE /subscriptions/ID`.
+fn end_subscription(conn: &Conn, head: &Head, path: &str, app: &App) -> Result<Reply, Refusal> {
+    observer(conn, head, app)?;
+    let id = path.strip_prefix("/subscriptions/").unwrap_or("");
+    let ended = id
+        .parse::<u64>()
+        .ok()
+        .filter(|_| id.bytes().all(|b| b.is_ascii_digit()))
+        .is_some_and(|id| app.hub.end_subscription(id));
+    if !ended {
+        return Err(Refusal::new(404, "no such subscription"));
+    }
+    Ok(Reply::json(200, serde_json::json!({ "ended": id })))
+}
+
+/// `t` as RFC 3339 in UTC, to the second: `2025-11-24T16:00:00Z`.
+fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Days to a civil date (H. Hinnant, "chrono-Compatible Low-Level Date
+    // Algorithms"), for days since 1970-01-01.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
 }
 
 /// Validates a subscription and turns the connection into its stream.
@@ -508,7 +626,8 @@ fn subscribe(
     query: &str,
     app: &App,
 ) -> Option<Conn> {
-    let checked = (|| -> Result<(TopicFilter, Option<EventId>, Option<u64>), Refusal> {
+    type Checked = (TopicFilter, Option<EventId>, Option<u64>, Option<String>);
+    let checked = (|| -> Result<Checked, Refusal> {
         bodyless(&mut conn, framing)?;
         let pairs = parse_query(query).map_err(|e| Refusal::new(400, e))?;
         let mut topics: Vec<Selector> = Vec::new();
@@ -544,10 +663,10 @@ fn subscribe(
             ),
             None => None,
         };
-        Ok((filter, last, grants.exp))
+        Ok((filter, last, grants.exp, grants.sub))
     })();
     let refusal = match checked {
-        Ok((topics, last, expires)) => {
+        Ok((topics, last, expires, sub)) => {
             let fields: Vec<(&'static str, String)> =
                 cors_fields(app.config.cors_origin.as_deref())
                     .map(|(name, value)| (name, value.to_string()))
@@ -562,7 +681,11 @@ fn subscribe(
                 hangups: &app.hangups,
             };
             let fd = std::os::fd::AsRawFd::as_raw_fd(&conn.stream);
-            match app.hub.subscribe(topics, last, fd) {
+            let peer = Peer {
+                sub,
+                address: conn.stream.peer_addr().ok(),
+            };
+            match app.hub.subscribe(topics, last, fd, peer) {
                 Ok(sub) => {
                     log::debug!("stream opened ({} open)", app.hub.gauges().subscribers);
                     stream::serve(conn.into_stream(), sub, &params);
@@ -574,6 +697,13 @@ fn subscribe(
                     // this client should reconnect to the next hub.
                     retry_later(conn, app, &params, "shutting down");
                     return None;
+                }
+                Err(SubscribeError::Ended) => {
+                    // SPEC "Ending a topic": EventSource does not reconnect
+                    // after a 204.
+                    log::debug!("subscription to ended topics answered 204");
+                    let reply = with_cors(Reply::new(204, "text/plain", ""), app);
+                    return send(&mut conn, Some(head), reply).then_some(conn);
                 }
                 Err(SubscribeError::Full) => Refusal {
                     retry_after: true,
@@ -652,6 +782,15 @@ mod tests {
                 "src/index.html changed: PAGE_CSP needs {source}"
             );
         }
+    }
+
+    #[test]
+    fn times_are_rfc3339_in_utc() {
+        let at = |secs| rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(secs));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_764_000_000), "2025-11-24T16:00:00Z");
+        assert_eq!(at(4_107_542_399), "2100-02-28T23:59:59Z");
     }
 
     #[test]

@@ -1,22 +1,25 @@
-//! The registry of subscribers behind one mutex, the event log, and the
-//! hub's verbs: `publish`, `subscribe`, `close`. Fans out with a
+//! The registry of subscribers behind one mutex, the event log, the topics
+//! that were ended, and the hub's verbs: `publish`, `end_topic`,
+//! `subscribe`, `close`. Fans out with a
 //! non-blocking send per subscriber and never waits for one: a subscriber
 //! whose queue is full is marked behind and reads the log itself
 //! (`stream.rs`). Never writes to a socket, never sees HTTP types, never
 //! blocks while holding the lock (a followed log's I/O happens outside it).
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::event::{EventId, TopicFilter};
-use crate::history::{EventLog, LogError, Page};
+use crate::event::{EventId, Selector, TopicFilter, CLOSED};
+use crate::history::{EventLog, LogError, Page, PAGE_BYTES};
 use crate::hold::Hold;
 use crate::metrics::{Gauges, Metrics};
-use crate::sse::{Event, SharedFrame};
+use crate::sse::{Event, Frame, SharedFrame};
 
 /// Limits the hub enforces.
 #[derive(Clone, Copy, Debug)]
@@ -38,6 +41,9 @@ pub struct Hub {
     stream_ended: Condvar,
     /// Where publishers wait for streams short of CPU (hold.rs).
     hold: Hold,
+    /// Held across the check and the append of `end_topic` on a followed
+    /// log, so that one process never ends a topic twice.
+    ending: Mutex<()>,
     limits: HubLimits,
     pub metrics: Metrics,
 }
@@ -49,6 +55,11 @@ struct Inner {
     /// The newest id fanned out: a subscriber registered now gets every
     /// event after it through its queue, or from the log.
     edge: Option<EventId>,
+    /// Ended topics and the id of their `ssehub:closed`: a topic is closed
+    /// while that id is retained (`closed_at`).
+    closes: HashMap<Box<str>, EventId>,
+    /// `closes` forgets the dropped ones when it reaches this length.
+    prune_closes_at: usize,
 }
 
 struct Subscriber {
@@ -60,6 +71,30 @@ struct Subscriber {
     /// on its client. Valid while the subscriber is registered: the stream
     /// closes it only after its `Subscription` has left the registry.
     fd: RawFd,
+    peer: Arc<Peer>,
+    since: SystemTime,
+}
+
+/// Who a subscriber is, for `GET /subscriptions`.
+#[derive(Debug, Default)]
+pub struct Peer {
+    /// The signed token's `sub`.
+    pub sub: Option<String>,
+    pub address: Option<SocketAddr>,
+}
+
+/// One open stream as `GET /subscriptions` lists it.
+#[derive(Debug)]
+pub struct Listed {
+    pub id: u64,
+    pub topics: Vec<String>,
+    pub peer: Arc<Peer>,
+    pub since: SystemTime,
+    /// The last id written to it, or the one its client gave.
+    pub last_event_id: Option<EventId>,
+    /// Events queued for it, plus those the hub could not queue and its
+    /// stream has not read from the log yet.
+    pub behind: u64,
 }
 
 /// What a subscriber's stream thread and the hub both see.
@@ -77,7 +112,15 @@ struct Shared {
     /// The millisecond of the last id written (`u64::MAX` before any):
     /// below the log's oldest, the subscriber can no longer catch up.
     position_ms: AtomicU64,
+    /// The last id written, or the one the client gave: for listing only.
+    written: Mutex<Option<EventId>>,
+    /// Matching events fanned out while it was behind, and frames dropped
+    /// from its queue to be read from the log, not read yet: an estimate.
+    missed: AtomicU64,
 }
+
+/// `Inner::closes` is pruned of dropped ends first at this length.
+const PRUNE_CLOSES: usize = 1024;
 
 const LIVE: u8 = 0;
 const RELEASED: u8 = 1;
@@ -117,6 +160,9 @@ pub enum SubscribeError {
     Full,
     /// The hub is shutting down.
     Closed,
+    /// Every topic asked for was ended, and the client has seen the end
+    /// (or gave no last event id): 204.
+    Ended,
 }
 
 /// Why a publish was refused.
@@ -126,6 +172,30 @@ pub enum PublishError {
     Closed,
     /// The log cannot be written; nothing was published.
     Unavailable(LogError),
+    /// The topic was ended and its `ssehub:closed` is still retained.
+    TopicClosed,
+}
+
+/// Which of a stream's topics have ended, as far as it has written: the
+/// stream ends once every one has. Only a stream of exact topics has one;
+/// a selector always has topics to come.
+#[derive(Debug)]
+pub struct Ends {
+    /// Its topics, each with whether its end is behind the stream.
+    topics: Vec<(Box<str>, bool)>,
+}
+
+impl Ends {
+    /// Records that `frame` was written; true when every topic has ended.
+    pub fn wrote(&mut self, frame: &Frame) -> bool {
+        if !frame.closes {
+            return false;
+        }
+        if let Some(t) = self.topics.iter_mut().find(|(t, _)| *t == frame.topic) {
+            t.1 = true;
+        }
+        self.topics.iter().all(|(_, ended)| *ended)
+    }
 }
 
 /// A registered subscriber: its queue, its topics and where it reads the log
@@ -145,6 +215,8 @@ pub struct Subscription<'a> {
     /// events from another process), and what is not above `start` is
     /// skipped there.
     pub replay: bool,
+    /// For a stream of exact topics: which have ended before `start`.
+    pub ends: Option<Ends>,
     shared: Arc<Shared>,
 }
 
@@ -187,6 +259,33 @@ impl Subscription<'_> {
     /// Records the last id written to the client.
     pub fn set_position(&self, id: EventId) {
         self.shared.position_ms.store(id.ms, Ordering::Relaxed);
+        *self
+            .shared
+            .written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(id);
+    }
+
+    /// Where the stream reads on from before it has written anything.
+    pub fn set_start(&self, id: EventId) {
+        self.shared.position_ms.store(id.ms, Ordering::Relaxed);
+    }
+
+    /// The stream dropped `queued` frames to read them from the log.
+    pub fn to_read(&self, queued: usize) {
+        self.shared
+            .missed
+            .fetch_add(queued as u64, Ordering::Relaxed);
+    }
+
+    /// The stream read `frames` from the log.
+    pub fn read_back(&self, frames: usize) {
+        let _ = self
+            .shared
+            .missed
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(frames as u64))
+            });
     }
 
     /// One page of the log after `after` for this subscriber's topics, of
@@ -235,12 +334,15 @@ impl Hub {
                 next_key: 0,
                 closed: false,
                 edge: None,
+                closes: HashMap::new(),
+                prune_closes_at: PRUNE_CLOSES,
             }),
             log,
             streams: AtomicUsize::new(0),
             registered: AtomicUsize::new(0),
             stream_ended: Condvar::new(),
             hold: Hold::default(),
+            ending: Mutex::new(()),
             limits,
             metrics: Metrics::default(),
         }
@@ -258,19 +360,48 @@ impl Hub {
     /// appended outside the lock and reaches subscribers through the
     /// follower (`fan_out_followed`), so this process delivers it in the
     /// log's order; `receivers` then counts the matching subscribers
-    /// registered when the log accepted it.
+    /// registered when the log accepted it. A topic that was ended is
+    /// refused; on a followed log a publish racing the end of its topic
+    /// (here or on another process) may still land after it.
     pub fn publish(
         &self,
         topic: &str,
         name: Option<&str>,
         data: &str,
     ) -> Result<Published, PublishError> {
-        let event = Event::new(topic, name, data);
+        self.append(&Event::new(topic, name, data))
+    }
+
+    /// Ends `topic` (SPEC "Ending a topic"): appends its `ssehub:closed`
+    /// event with `data`, as `publish` does. From then until the log drops
+    /// that event, publishing to the topic and ending it again are refused,
+    /// and subscribing to it alone is answered 204. Streams end themselves
+    /// once they have written it.
+    pub fn end_topic(&self, topic: &str, data: &str) -> Result<Published, PublishError> {
+        let event = Event::new(topic, Some(CLOSED), data);
+        if !self.log.followed() {
+            return self.append(&event);
+        }
+        let _one = self.ending.lock().unwrap_or_else(|e| e.into_inner());
+        let published = self.append(&event)?;
+        // Refused here at once, before the follower has handed it on.
+        let mut inner = self.lock();
+        self.learn_close(&mut inner, topic, published.id);
+        Ok(published)
+    }
+
+    fn append(&self, event: &Event) -> Result<Published, PublishError> {
+        let topic = event.topic;
         let (id, receivers) = if self.log.followed() {
-            if self.lock().closed {
+            let mut inner = self.lock();
+            if inner.closed {
                 return Err(PublishError::Closed);
             }
-            let frame = self.log.append(&event).map_err(PublishError::Unavailable)?;
+            if self.closed_at(&mut inner, topic).is_some() {
+                return Err(PublishError::TopicClosed);
+            }
+            drop(inner);
+            let frame = self.log.append(event).map_err(PublishError::Unavailable)?;
             let inner = self.lock();
             let receivers = inner
                 .subscribers
@@ -283,13 +414,83 @@ impl Hub {
             if inner.closed {
                 return Err(PublishError::Closed);
             }
-            let frame = self.log.append(&event).map_err(PublishError::Unavailable)?;
+            if self.closed_at(&mut inner, topic).is_some() {
+                return Err(PublishError::TopicClosed);
+            }
+            let frame = self.log.append(event).map_err(PublishError::Unavailable)?;
             let fanned = self.fan_out(&mut inner, &frame);
             drop(inner);
             (frame.id, self.after_fan_out(fanned))
         };
         Metrics::add(&self.metrics.published, 1);
         Ok(Published { id, receivers })
+    }
+
+    /// The id of the `ssehub:closed` that ended `topic`, while the log
+    /// retains it; a dropped one is forgotten, and the topic is open again.
+    fn closed_at(&self, inner: &mut Inner, topic: &str) -> Option<EventId> {
+        let id = *inner.closes.get(topic)?;
+        if !self.dropped(id) {
+            return Some(id);
+        }
+        inner.closes.remove(topic);
+        None
+    }
+
+    /// Whether the log no longer retains `id`. A followed log's oldest id
+    /// may be older news than `id` (the Redis follower reads it before the
+    /// entries it fans out), so only an oldest id above `id` tells there;
+    /// an empty memory log retains nothing.
+    fn dropped(&self, id: EventId) -> bool {
+        match self.log.oldest() {
+            Some(oldest) => oldest > id,
+            None => !self.log.followed(),
+        }
+    }
+
+    fn learn_close(&self, inner: &mut Inner, topic: &str, id: EventId) {
+        let known = inner.closes.entry(topic.into()).or_insert(id);
+        *known = (*known).max(id);
+        if inner.closes.len() >= inner.prune_closes_at {
+            let mut closes = std::mem::take(&mut inner.closes);
+            closes.retain(|_, id| !self.dropped(*id));
+            inner.closes = closes;
+            inner.prune_closes_at = (2 * inner.closes.len()).max(PRUNE_CLOSES);
+        }
+    }
+
+    /// Reads the log from its oldest event to learn which topics are
+    /// ended, before the hub serves: the ends a restarted process finds in
+    /// its files, or one process finds in the shared Redis stream. Returns
+    /// how many it found.
+    pub fn recall_ends(&self) -> usize {
+        let all = TopicFilter::all();
+        let mut after = None;
+        let mut found = Vec::new();
+        loop {
+            let page = match self.log.read(after, &all, PAGE_BYTES) {
+                Ok(page) => page,
+                Err(e) => {
+                    log::warn!("cannot read the event log for ended topics: {e}");
+                    break;
+                }
+            };
+            found.extend(
+                page.frames
+                    .iter()
+                    .filter(|f| f.closes)
+                    .map(|f| (f.topic.clone(), f.id)),
+            );
+            if page.end || page.scanned.is_none() || page.scanned == after {
+                break;
+            }
+            after = page.scanned;
+        }
+        let mut inner = self.lock();
+        for (topic, id) in &found {
+            self.learn_close(&mut inner, topic, *id);
+        }
+        found.len()
     }
 
     /// Where the follower of a followed log starts: every later event is
@@ -333,6 +534,9 @@ impl Hub {
     /// caller waits for it (`after_fan_out`).
     fn fan_out(&self, inner: &mut Inner, frame: &SharedFrame) -> FannedOut {
         inner.edge = Some(frame.id);
+        if frame.closes {
+            self.learn_close(inner, &frame.topic, frame.id);
+        }
         let queue = self.limits.client_queue;
         let mut out = FannedOut::default();
         let mut oldest = None;
@@ -345,6 +549,7 @@ impl Hub {
             // consecutive frames, and the log holds the rest in order.
             if s.shared.behind.load(Ordering::Acquire) || s.tx.len() >= queue {
                 s.shared.behind.store(true, Ordering::Release);
+                s.shared.missed.fetch_add(1, Ordering::Relaxed);
                 let oldest = *oldest.get_or_insert_with(|| self.log.oldest());
                 let position = s.shared.position_ms.load(Ordering::Relaxed);
                 if s.shared.blocked.load(Ordering::Acquire) {
@@ -407,16 +612,39 @@ impl Hub {
     /// event fanned out. Registration and that position are taken in one
     /// critical section, and ids only grow, so every later event reaches it
     /// either through its queue or from the log. `fd` is its socket.
+    /// Topics that all ended before `last` (or, without one, at all) are
+    /// refused with `Ended`.
     pub fn subscribe(
         &self,
         topics: TopicFilter,
         last: Option<EventId>,
         fd: RawFd,
+        peer: Peer,
     ) -> Result<Subscription<'_>, SubscribeError> {
         let mut inner = self.lock();
         if inner.closed {
             return Err(SubscribeError::Closed);
         }
+        let start = last.or(inner.edge);
+        let ends = match topics.only_topics() {
+            Some(names) if !inner.closes.is_empty() => {
+                let topics: Vec<(Box<str>, bool)> = names
+                    .iter()
+                    .map(|t| {
+                        let ended = self.closed_at(&mut inner, t);
+                        (t.clone(), ended.is_some_and(|id| Some(id) <= start))
+                    })
+                    .collect();
+                if topics.iter().all(|(_, ended)| *ended) {
+                    return Err(SubscribeError::Ended);
+                }
+                Some(Ends { topics })
+            }
+            Some(names) => Some(Ends {
+                topics: names.iter().map(|t| (t.clone(), false)).collect(),
+            }),
+            None => None,
+        };
         if self.streams.load(Ordering::Acquire) >= self.limits.max_subscribers {
             return Err(SubscribeError::Full);
         }
@@ -427,6 +655,7 @@ impl Hub {
         let topics = Arc::new(topics);
         let shared = Arc::new(Shared {
             position_ms: AtomicU64::new(u64::MAX),
+            written: Mutex::new(last),
             ..Shared::default()
         });
         let key = inner.next_key;
@@ -439,8 +668,9 @@ impl Hub {
             tx,
             shared: shared.clone(),
             fd,
+            peer: Arc::new(peer),
+            since: SystemTime::now(),
         });
-        let start = last.or(inner.edge);
         let caught_up = self.log.followed()
             && last.is_some_and(|last| inner.edge.is_some_and(|edge| last >= edge));
         drop(inner);
@@ -451,8 +681,59 @@ impl Hub {
             topics,
             start,
             replay: last.is_some() && !caught_up,
+            ends,
             shared,
         })
+    }
+
+    /// The open streams whose topics overlap `selector` (all without one),
+    /// at most `max`, oldest first, and whether there were more. The lock
+    /// is held only to copy references.
+    pub fn subscriptions(&self, selector: Option<&Selector>, max: usize) -> (Vec<Listed>, bool) {
+        type Copied = (
+            u64,
+            Arc<TopicFilter>,
+            Arc<Peer>,
+            SystemTime,
+            Arc<Shared>,
+            usize,
+        );
+        let inner = self.lock();
+        let mut copied: Vec<Copied> = inner
+            .subscribers
+            .iter()
+            .filter(|s| selector.is_none_or(|sel| s.topics.overlaps(sel)))
+            .take(max + 1)
+            .map(|s| {
+                let (topics, peer, shared) = (s.topics.clone(), s.peer.clone(), s.shared.clone());
+                (s.key, topics, peer, s.since, shared, s.tx.len())
+            })
+            .collect();
+        drop(inner);
+        let truncated = copied.len() > max;
+        copied.truncate(max);
+        let mut listed: Vec<Listed> = copied
+            .into_iter()
+            .map(|(id, topics, peer, since, shared, queued)| {
+                let missed = shared.missed.load(Ordering::Relaxed);
+                Listed {
+                    id,
+                    topics: topics.selectors(),
+                    peer,
+                    since,
+                    last_event_id: *shared.written.lock().unwrap_or_else(|e| e.into_inner()),
+                    behind: queued as u64 + missed,
+                }
+            })
+            .collect();
+        listed.sort_by_key(|l| l.id);
+        (listed, truncated)
+    }
+
+    /// Ends the stream of subscriber `id` properly (its client may
+    /// reconnect); false when there is none.
+    pub fn end_subscription(&self, id: u64) -> bool {
+        self.unregister(id, RELEASED)
     }
 
     /// Takes subscriber `key` out of the registry, marked `why`; false when
@@ -547,8 +828,10 @@ mod tests {
     #[test]
     fn publish_reaches_matching_subscribers_only() {
         let hub = hub(10, 10);
-        let a = hub.subscribe(TopicFilter::topics(["a"]), None, -1).unwrap();
-        let all = hub.subscribe(all(), None, -1).unwrap();
+        let a = hub
+            .subscribe(TopicFilter::topics(["a"]), None, -1, Peer::default())
+            .unwrap();
+        let all = hub.subscribe(all(), None, -1, Peer::default()).unwrap();
         let p = hub.publish("b", None, "x").unwrap();
         assert_eq!(p.receivers, 1);
         assert!(a.rx.try_recv().is_err());
@@ -558,19 +841,19 @@ mod tests {
     #[test]
     fn max_subscribers_is_enforced_and_freed_on_drop() {
         let hub = hub(1, 10);
-        let first = hub.subscribe(all(), None, -1).unwrap();
+        let first = hub.subscribe(all(), None, -1, Peer::default()).unwrap();
         assert_eq!(
-            hub.subscribe(all(), None, -1).err(),
+            hub.subscribe(all(), None, -1, Peer::default()).err(),
             Some(SubscribeError::Full)
         );
         drop(first);
-        assert!(hub.subscribe(all(), None, -1).is_ok());
+        assert!(hub.subscribe(all(), None, -1, Peer::default()).is_ok());
     }
 
     #[test]
     fn a_full_queue_marks_behind_and_never_evicts_or_waits() {
         let hub = hub(10, 2);
-        let slow = hub.subscribe(all(), None, -1).unwrap();
+        let slow = hub.subscribe(all(), None, -1, Peer::default()).unwrap();
         let started = Instant::now();
         for _ in 0..50 {
             assert_eq!(hub.publish("t", None, "x").unwrap().receivers, 1);
@@ -592,7 +875,7 @@ mod tests {
         use crate::hold::MAX_HOLD;
         let hub = hub(10, 2);
         let first = hub.publish("t", None, "x").unwrap().id;
-        let sub = hub.subscribe(all(), None, -1).unwrap();
+        let sub = hub.subscribe(all(), None, -1, Peer::default()).unwrap();
         sub.set_position(first);
         // Once its position is in the older half of the history (by time),
         // a publish is held back, for MAX_HOLD at most.
@@ -635,7 +918,7 @@ mod tests {
     #[test]
     fn nothing_is_queued_after_a_frame_that_was_not() {
         let hub = hub(10, 2);
-        let sub = hub.subscribe(all(), None, -1).unwrap();
+        let sub = hub.subscribe(all(), None, -1, Peer::default()).unwrap();
         let ids: Vec<EventId> = (0..3)
             .map(|_| hub.publish("t", None, "x").unwrap().id)
             .collect();
@@ -668,7 +951,12 @@ mod tests {
         );
         let first = hub.publish("t", None, "x").unwrap().id;
         let stuck = hub
-            .subscribe(all(), None, std::os::fd::AsRawFd::as_raw_fd(&server))
+            .subscribe(
+                all(),
+                None,
+                std::os::fd::AsRawFd::as_raw_fd(&server),
+                Peer::default(),
+            )
             .unwrap();
         stuck.set_position(first);
         stuck.set_blocked(true);
@@ -698,13 +986,15 @@ mod tests {
     #[test]
     fn subscribe_records_where_the_subscriber_starts() {
         let hub = hub(10, 10);
-        let sub = hub.subscribe(all(), None, -1).unwrap();
+        let sub = hub.subscribe(all(), None, -1, Peer::default()).unwrap();
         assert_eq!(sub.start, None);
         let first = hub.publish("t", None, "1").unwrap().id;
         let second = hub.publish("t", None, "2").unwrap().id;
-        let live = hub.subscribe(all(), None, -1).unwrap();
+        let live = hub.subscribe(all(), None, -1, Peer::default()).unwrap();
         assert_eq!(live.start, Some(second));
-        let replay = hub.subscribe(all(), Some(first), -1).unwrap();
+        let replay = hub
+            .subscribe(all(), Some(first), -1, Peer::default())
+            .unwrap();
         assert_eq!(replay.start, Some(first));
         let third = hub.publish("t", None, "3").unwrap().id;
         assert_eq!(live.rx.try_recv().unwrap().id, third);
@@ -716,7 +1006,7 @@ mod tests {
     #[test]
     fn hang_up_releases_the_subscriber_at_once() {
         let hub = hub(10, 10);
-        let sub = hub.subscribe(all(), None, -1).unwrap();
+        let sub = hub.subscribe(all(), None, -1, Peer::default()).unwrap();
         hub.hang_up(sub.key());
         assert_eq!(sub.ended(), Some(Ending::Gone));
         assert!(sub.rx.recv().is_err(), "sender not dropped");
@@ -727,7 +1017,7 @@ mod tests {
     #[test]
     fn an_evicted_subscriber_leaves_the_gauge_at_once() {
         let hub = hub(10, 10);
-        let sub = hub.subscribe(all(), None, -1).unwrap();
+        let sub = hub.subscribe(all(), None, -1, Peer::default()).unwrap();
         assert_eq!(hub.gauges().subscribers, 1);
         sub.evict();
         assert_eq!(hub.gauges().subscribers, 0);
@@ -744,20 +1034,119 @@ mod tests {
     #[test]
     fn one_encoding_is_shared_by_every_subscriber() {
         let hub = hub(10, 10);
-        let a = hub.subscribe(all(), None, -1).unwrap();
-        let b = hub.subscribe(all(), None, -1).unwrap();
+        let a = hub.subscribe(all(), None, -1, Peer::default()).unwrap();
+        let b = hub.subscribe(all(), None, -1, Peer::default()).unwrap();
         hub.publish("t", None, "x").unwrap();
         assert!(Arc::ptr_eq(&a.rx.recv().unwrap(), &b.rx.recv().unwrap()));
     }
 
     #[test]
+    fn an_ended_topic_refuses_publishes_and_subscribers_that_saw_its_end() {
+        let hub = hub(10, 10);
+        let one = || TopicFilter::topics(["job"]);
+        let early = hub.publish("job", None, "1").unwrap().id;
+        let mut live = hub.subscribe(one(), None, -1, Peer::default()).unwrap();
+        let end = hub.end_topic("job", "bye").unwrap().id;
+        let frame = live.rx.try_recv().unwrap();
+        assert!(frame.closes);
+        assert!(live.ends.as_mut().unwrap().wrote(&frame), "its only topic");
+        assert_eq!(
+            hub.publish("job", None, "x").err(),
+            Some(PublishError::TopicClosed)
+        );
+        assert_eq!(
+            hub.end_topic("job", "").err(),
+            Some(PublishError::TopicClosed)
+        );
+        let refused = |last| hub.subscribe(one(), last, -1, Peer::default()).err();
+        assert_eq!(refused(None), Some(SubscribeError::Ended));
+        assert_eq!(refused(Some(end)), Some(SubscribeError::Ended));
+        assert_eq!(refused(Some(early)), None, "it missed the end");
+        let mut both = hub
+            .subscribe(TopicFilter::topics(["job", "x"]), None, -1, Peer::default())
+            .unwrap();
+        assert!(!both.ends.as_mut().unwrap().wrote(&frame), "x is open");
+        assert!(hub
+            .subscribe(all(), None, -1, Peer::default())
+            .unwrap()
+            .ends
+            .is_none());
+    }
+
+    #[test]
+    fn an_end_the_log_dropped_opens_the_topic_again() {
+        let hub = Hub::new(
+            Box::new(MemoryLog::new(2, 1 << 20)),
+            HubLimits {
+                max_subscribers: 10,
+                client_queue: 10,
+            },
+        );
+        hub.end_topic("job", "").unwrap();
+        hub.publish("a", None, "1").unwrap();
+        assert!(hub.publish("job", None, "x").is_err());
+        hub.publish("a", None, "2").unwrap();
+        assert!(hub.publish("job", None, "x").is_ok());
+    }
+
+    #[test]
+    fn ends_are_recalled_from_the_log() {
+        let log = MemoryLog::new(100, 1 << 20);
+        let event = Event::new("job", Some(CLOSED), "");
+        log.append(&Event::new("a", None, "x")).unwrap();
+        log.append(&event).unwrap();
+        let hub = Hub::new(
+            Box::new(log),
+            HubLimits {
+                max_subscribers: 10,
+                client_queue: 10,
+            },
+        );
+        assert_eq!(hub.recall_ends(), 1);
+        assert_eq!(
+            hub.publish("job", None, "x").err(),
+            Some(PublishError::TopicClosed)
+        );
+    }
+
+    #[test]
+    fn subscriptions_are_listed_with_how_far_behind() {
+        let hub = hub(10, 1);
+        let peer = Peer {
+            sub: Some("u".into()),
+            address: "127.0.0.1:9".parse().ok(),
+        };
+        let a = hub
+            .subscribe(TopicFilter::topics(["a"]), None, -1, peer)
+            .unwrap();
+        let _b = hub
+            .subscribe(TopicFilter::topics(["b"]), None, -1, Peer::default())
+            .unwrap();
+        for _ in 0..3 {
+            hub.publish("a", None, "x").unwrap();
+        }
+        let (listed, truncated) = hub.subscriptions(None, 10);
+        assert!(!truncated);
+        assert_eq!(listed.len(), 2);
+        assert_eq!((listed[0].id, listed[0].behind), (a.key(), 3));
+        assert_eq!(listed[0].peer.sub.as_deref(), Some("u"));
+        assert_eq!((listed[1].behind, listed[1].last_event_id), (0, None));
+        let (one, truncated) = hub.subscriptions(Some(&Selector::Topic("b".into())), 10);
+        assert_eq!((one.len(), truncated), (1, false));
+        assert!(hub.subscriptions(None, 1).1);
+        assert!(hub.end_subscription(a.key()));
+        assert_eq!(a.ended(), Some(Ending::Released));
+        assert!(!hub.end_subscription(a.key()));
+    }
+
+    #[test]
     fn close_ends_every_stream_and_refuses_more() {
         let hub = hub(10, 10);
-        let sub = hub.subscribe(all(), None, -1).unwrap();
+        let sub = hub.subscribe(all(), None, -1, Peer::default()).unwrap();
         hub.close();
         assert_eq!(sub.ended(), Some(Ending::Released));
         assert_eq!(
-            hub.subscribe(all(), None, -1).err(),
+            hub.subscribe(all(), None, -1, Peer::default()).err(),
             Some(SubscribeError::Closed)
         );
         assert_eq!(

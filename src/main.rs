@@ -126,6 +126,12 @@ fn main() {
             client_queue: config.client_queue,
         },
     ));
+    // The ends the log holds (files read back, the shared stream), before
+    // any request is served: an ended topic stays ended across restarts.
+    let ended = hub.recall_ends();
+    if ended > 0 {
+        log::info!("event log: {ended} ended topics");
+    }
     let started = match follower {
         Some(Follower::Redis(f)) => f.start(hub.clone()).map(drop),
         Some(Follower::Disk(f)) => f.start(hub.clone()).map(drop),

@@ -428,7 +428,7 @@ fn decode((id, fields): Entry) -> Option<SharedFrame> {
         .is_some_and(|t| event::check_name("topic", t).is_ok())
         && name
             .as_deref()
-            .is_none_or(|n| event::check_event_name(n).is_ok())
+            .is_none_or(|n| event::check_logged_event_name(n).is_ok())
         && data.is_some();
     if !valid {
         log::warn!("skipped stream entry {id}: not an ssehub event");

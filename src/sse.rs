@@ -1,7 +1,7 @@
 //! The event-stream wire format (WHATWG HTML, "Server-sent events"): a
 //! published event encoded once into the `Frame` every subscriber shares, the
 //! `retry:` line, the `:` heartbeat and the hub's own `ssehub:` events
-//! (`gap`, `expired`). Pure
+//! (`gap`, `expired`; `closed` is an event of the log). Pure
 //! values and functions returning bytes; the HTTP chunked framing is
 //! `stream.rs`'s.
 
@@ -40,6 +40,9 @@ pub struct Frame {
     pub topic: Box<str>,
     /// The complete event-stream block, `id:` line through the blank line.
     pub bytes: Box<[u8]>,
+    /// It is the `ssehub:closed` event that ends its topic: streams and the
+    /// hub see it without parsing bytes.
+    pub closes: bool,
 }
 
 impl Frame {
@@ -49,6 +52,7 @@ impl Frame {
             id,
             topic: event.topic.into(),
             bytes: frame(id, &event.body),
+            closes: event.name == Some(crate::event::CLOSED),
         }
     }
 }

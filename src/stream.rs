@@ -15,7 +15,7 @@ use crossbeam_channel::RecvTimeoutError;
 use crate::event::EventId;
 use crate::hangup::Hangups;
 use crate::history::{PAGE_BYTES, PAGE_EVENTS};
-use crate::hub::{Ending, Subscription};
+use crate::hub::{Ending, Ends, Subscription};
 use crate::metrics::Metrics;
 use crate::sse::{self, SharedFrame};
 
@@ -237,7 +237,9 @@ fn writer(stream: TcpStream, p: &StreamParams) -> io::Result<Writer> {
 /// a write fails. Writes the stream end unless the client is gone, before
 /// the subscription is dropped (shutdown waits for that drop); the socket
 /// is closed after it, so the hub never shuts down a reused descriptor.
-pub fn serve(stream: TcpStream, sub: Subscription<'_>, p: &StreamParams) {
+/// A stream of exact topics ends properly once it has written the
+/// `ssehub:closed` of each (SPEC "Ending a topic").
+pub fn serve(stream: TcpStream, mut sub: Subscription<'_>, p: &StreamParams) {
     lower_priority();
     // A client that vanishes without a FIN or RST (a phone that lost its
     // network, a NAT that forgot the flow) never acknowledges the next
@@ -251,7 +253,8 @@ pub fn serve(stream: TcpStream, sub: Subscription<'_>, p: &StreamParams) {
         Ok(w) => w,
         Err(e) => return log::debug!("stream not started: {e}"),
     };
-    match run(&mut w, &sub, p) {
+    let ends = sub.ends.take();
+    match run(&mut w, &sub, ends, p) {
         Ok(()) => w.finish(),
         Err(e) if e.kind() == io::ErrorKind::TimedOut => {
             log::debug!("subscriber evicted: {e}");
@@ -303,7 +306,12 @@ fn unix_now() -> u64 {
 
 /// Ok when the stream should end properly, Err when the client went away
 /// (`TimedOut`: it took no data for two heartbeats).
-fn run(w: &mut Writer, sub: &Subscription<'_>, p: &StreamParams) -> io::Result<()> {
+fn run(
+    w: &mut Writer,
+    sub: &Subscription<'_>,
+    mut ends: Option<Ends>,
+    p: &StreamParams,
+) -> io::Result<()> {
     let metrics = sub.metrics();
     let delivered = |n: usize| Metrics::add(&metrics.delivered, n as u64);
     let blocked = |b: bool| sub.set_blocked(b);
@@ -314,12 +322,15 @@ fn run(w: &mut Writer, sub: &Subscription<'_>, p: &StreamParams) -> io::Result<(
     // the client's id may be from another log: no floor.
     let mut cursor = sub.start;
     if let Some(at) = cursor {
-        sub.set_position(at);
+        sub.set_start(at);
     }
     let mut replaying = sub.replay;
     let mut first_page = replaying;
     let mut last_write = Instant::now();
     let mut batch: Vec<SharedFrame> = Vec::new();
+    // Whether `f`, once written, leaves every topic of the stream ended:
+    // nothing is written after it.
+    let mut last_one = |f: &SharedFrame| ends.as_mut().is_some_and(|e| e.wrote(f));
     loop {
         if let Some(done) = check(sub)? {
             return Ok(done);
@@ -331,7 +342,7 @@ fn run(w: &mut Writer, sub: &Subscription<'_>, p: &StreamParams) -> io::Result<(
         if replaying || sub.take_behind() {
             // Whatever is queued is in the log too, after `cursor` or at
             // most up to it: read from the log until the live edge.
-            while sub.rx.try_recv().is_ok() {}
+            sub.to_read(sub.rx.try_iter().count());
             loop {
                 // What the socket takes now: a stream whose client does not
                 // read holds one frame at most, not a page of its own.
@@ -361,17 +372,30 @@ fn run(w: &mut Writer, sub: &Subscription<'_>, p: &StreamParams) -> io::Result<(
                     None => None,
                 };
                 first_page = false;
-                let mut parts: Vec<&[u8]> = Vec::with_capacity(page.frames.len() + 1);
+                let mut frames = &page.frames[..];
+                let mut done = false;
+                if let Some(i) = frames.iter().position(&mut last_one) {
+                    frames = &frames[..=i];
+                    done = true;
+                }
+                let mut parts: Vec<&[u8]> = Vec::with_capacity(frames.len() + 1);
                 parts.extend(gap.as_deref());
-                parts.extend(page.frames.iter().map(|f| &*f.bytes));
+                parts.extend(frames.iter().map(|f| &*f.bytes));
                 w.chunk(&parts, &blocked)?;
-                delivered(page.frames.len());
+                delivered(frames.len());
+                sub.read_back(frames.len());
                 if !parts.is_empty() {
                     last_write = Instant::now();
                 }
-                cursor = page.scanned;
+                cursor = match (done, frames.last()) {
+                    (true, Some(f)) => Some(f.id),
+                    _ => page.scanned,
+                };
                 if let Some(at) = cursor {
                     sub.set_position(at);
+                }
+                if done {
+                    return Ok(());
                 }
                 if page.end {
                     sub.at_edge();
@@ -392,14 +416,15 @@ fn run(w: &mut Writer, sub: &Subscription<'_>, p: &StreamParams) -> io::Result<(
         }
         match sub.rx.recv_timeout(wait) {
             Ok(first) => {
-                let (mut next, mut bytes) = (Some(first), 0);
+                let (mut next, mut bytes, mut done) = (Some(first), 0, false);
                 while let Some(f) = next.take() {
                     if cursor.is_none_or(|at| f.id > at) {
                         cursor = Some(f.id);
                         bytes += f.bytes.len();
+                        done = last_one(&f);
                         batch.push(f);
                     }
-                    if batch.len() < PAGE_EVENTS && bytes < BATCH_BYTES {
+                    if !done && batch.len() < PAGE_EVENTS && bytes < BATCH_BYTES {
                         next = sub.rx.try_recv().ok();
                     }
                 }
@@ -414,6 +439,9 @@ fn run(w: &mut Writer, sub: &Subscription<'_>, p: &StreamParams) -> io::Result<(
                     last_write = Instant::now();
                 }
                 batch.clear();
+                if done {
+                    return Ok(());
+                }
             }
             Err(RecvTimeoutError::Timeout) => {
                 if last_write.elapsed() < p.heartbeat {

@@ -96,7 +96,7 @@ fn cors_origin_applies_to_streams_publishes_errors_and_preflight() {
     );
     assert_eq!(
         r.header("access-control-allow-methods"),
-        Some("GET, POST, OPTIONS")
+        Some("GET, POST, DELETE, OPTIONS")
     );
     assert_eq!(
         r.header("access-control-allow-headers"),

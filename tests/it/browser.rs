@@ -740,3 +740,91 @@ fn page_subscribes_with_a_signed_token_and_shows_a_refusal_and_the_expiry() {
     };
     assert!(errors.iter().all(refusal), "console errors: {errors:#?}");
 }
+
+/// SPEC "Ending a topic": the stream of an ended topic ends, the browser's
+/// reconnect is answered 204, and `EventSource` gives up for good.
+#[test]
+fn event_source_stops_for_good_after_the_204_of_an_ended_topic() {
+    let hub = Hub::start_with(
+        &["--retry-ms", "200"],
+        Start {
+            env: vec![("RUST_LOG", "ssehub=debug")],
+            ..Start::default()
+        },
+    );
+    let Some(mut page) = Page::launch() else {
+        return;
+    };
+    page.goto(&format!("http://{}/healthz", hub.addr));
+    page.js("window.seen = []; \
+         window.es = new EventSource('/events?topic=job'); \
+         es.onopen = () => seen.push('open'); \
+         es.onerror = () => seen.push('error ' + es.readyState); \
+         es.addEventListener('ssehub:closed', (e) => seen.push('closed ' + e.data));");
+    let wait = |page: &mut Page, condition: &str, what: &str| {
+        if !page.wait_for(condition, WAIT) {
+            panic!("timed out waiting until {what}: {}", page.js("seen"));
+        }
+    };
+    wait(&mut page, "seen.includes('open')", "the stream opens");
+    crate::topics::end_topic(&hub, "job", "done");
+    wait(
+        &mut page,
+        "seen.includes('error 2')",
+        "the browser gives up",
+    );
+    // 0: CONNECTING after the stream's end; 2: CLOSED after the 204.
+    let want = serde_json::json!(["open", "closed done", "error 0", "error 2"]);
+    assert_eq!(page.js("seen"), want);
+    // Three times the longest retry (200 ms + 50%): no request after it.
+    thread::sleep(Duration::from_millis(900));
+    assert_eq!(
+        page.js("[seen, es.readyState]"),
+        serde_json::json!([want, 2])
+    );
+    let answered = hub.log().matches("answered 204").count();
+    assert_eq!(answered, 1, "{}", hub.log());
+}
+
+#[test]
+fn page_closes_a_topic_shows_it_ended_and_counts_subscribers() {
+    let hub = Hub::start(&["--retry-ms", "200"]);
+    let Some(mut page) = open(&hub) else { return };
+    let _other = hub.subscribe("/events?topic=job", "");
+    fill(&mut page, &[("topics", "job")]);
+    click(&mut page, "#subscribe button");
+    wait(&mut page, &state_is("open"), "the stream of job opens");
+    // A hub without tokens lists its streams to a loopback page.
+    wait(
+        &mut page,
+        "document.querySelector('#subscribers li[data-topic=\"job\"] .n')?.textContent === '2'",
+        "the page counts two subscribers of job",
+    );
+    fill(&mut page, &[("pub-topic", "job"), ("pub-data", "finished")]);
+    click(&mut page, "#close-topic");
+    wait(
+        &mut page,
+        &state_is("ended"),
+        "the page shows the topic ended",
+    );
+    assert_eq!(
+        text(&mut page, "state"),
+        "ended · the topics were closed (204), the browser does not reconnect"
+    );
+    let row = rows(&mut page).remove(0);
+    assert_eq!(
+        (&*row.kind, &*row.event, &*row.data),
+        ("closed", "ssehub:closed", "finished")
+    );
+    assert!(text(&mut page, "answer").starts_with("200 OK "));
+    click(&mut page, "#close-topic");
+    wait(
+        &mut page,
+        "document.getElementById('answer').className === 'error'",
+        "the second close is refused",
+    );
+    assert_eq!(
+        text(&mut page, "answer"),
+        "410 Gone {\"error\":\"topic closed\"}"
+    );
+}

@@ -520,3 +520,30 @@ fn measure_durable_publish_rate() {
     let _ = redis.kill();
     let _ = redis.wait();
 }
+
+#[test]
+fn an_ended_topic_stays_ended_after_a_restart() {
+    let dir = DataDir::new("ended");
+    let mut hub = start(&dir, &[]);
+    let first = hub.publish("job", "1");
+    let end = crate::topics::end_topic(&hub, "job", "done");
+    hub.signal(libc::SIGTERM);
+    assert!(hub.wait_exit(Duration::from_secs(5)).is_some());
+
+    let hub = start(&dir, &[]);
+    crate::topics::assert_204(&hub, "/events?topic=job", "");
+    let r = hub.post("/events?topic=job", b"late", "");
+    assert_eq!(r.status, 410, "{}", r.text());
+    // The end replays from the files to a client that missed it.
+    let mut sub = stream(
+        &hub,
+        "/events?topic=job",
+        &format!("Last-Event-ID: {first}\r\n"),
+    );
+    let ev = sub.next_event();
+    assert_eq!(
+        (ev.id.as_deref(), ev.event.as_deref()),
+        (Some(end.as_str()), Some("ssehub:closed"))
+    );
+    assert!(sub.ends_cleanly(Duration::from_secs(5)), "{}", sub.tail());
+}

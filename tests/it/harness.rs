@@ -197,6 +197,13 @@ impl Hub {
         json_field(&r.text(), "id")
     }
 
+    /// Publishes `data` with extra header lines; the id, asserting a 200.
+    pub fn publish_with(&self, topic: &str, data: &str, headers: &str) -> String {
+        let r = self.post(&format!("/events?topic={topic}"), data.as_bytes(), headers);
+        assert_eq!(r.status, 200, "publish failed: {}", r.text());
+        json_field(&r.text(), "id")
+    }
+
     /// Opens a stream and reads its head; panics unless it is a 200.
     pub fn subscribe(&self, target: &str, headers: &str) -> Sub {
         let sub = self.try_subscribe(target, headers);

@@ -20,3 +20,4 @@ mod shutdown;
 mod startup;
 mod subscribe;
 mod tokens;
+mod topics;

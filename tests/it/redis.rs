@@ -707,3 +707,25 @@ fn replaying_non_readers_hold_a_page_each_on_redis() {
     let hub = Hub::start(&["--redis", &redis.url()]);
     crate::pace::replaying_non_readers_hold_a_page_each(&hub, 4_000);
 }
+
+#[test]
+fn an_end_on_a_ends_the_streams_of_b_and_b_answers_204() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (hub_on(&redis), hub_on(&redis));
+    let mut on_b = subscribe(&b, "/events?topic=job", "");
+    let mut other_on_b = subscribe(&b, "/events?topic=job&topic=other", "");
+    let end = crate::topics::end_topic(&a, "job", "done");
+    let want = format!("id: {end}\nevent: ssehub:closed\ndata: done\n\n");
+    assert_eq!(on_b.next_event().raw, want);
+    assert!(on_b.ends_cleanly(Duration::from_secs(5)), "{}", on_b.tail());
+    assert_eq!(other_on_b.next_event().raw, want);
+    // B learnt it from its follower: by now it refuses too.
+    crate::topics::assert_204(&b, "/events?topic=job", "");
+    let r = b.post("/events?topic=job", b"late", "");
+    assert_eq!(r.status, 410, "{}", r.text());
+    // A process started later finds the end in the stream.
+    let c = hub_on(&redis);
+    crate::topics::assert_204(&c, "/events?topic=job", "");
+    let r = c.post("/events?topic=job", b"late", "");
+    assert_eq!(r.status, 410, "{}", r.text());
+}
