@@ -27,12 +27,16 @@ const STREAM: &str = "ssehub:events";
 const MIN_STREAM_LEN: usize = 1000;
 /// Entries the follower asks for per `XREAD`.
 const FOLLOW_BATCH: usize = 1000;
-/// Threads, each with its connection, that make the calls of publishers and
-/// replays; more callers wait for one. Redis runs one command at a time
-/// anyway, and each thread that decoded a burst of replays keeps ~250 KiB
-/// of its malloc arena resident afterwards (measured: four of them cost 50
-/// replaying streams 36 KiB each against 20 idle, two 28).
-const POOL_SIZE: usize = 2;
+/// Threads, each with its connection, that append publishes; more
+/// publishers wait for one.
+const APPEND_THREADS: usize = 8;
+/// Threads, each with its connection, that read and decode the pages of
+/// replays and catch-ups; more streams wait for one. One: a thread that
+/// decoded a burst of replays keeps ~250 KiB of its malloc arena resident
+/// afterwards (measured, 50 streams replaying 4 KB events into full
+/// sockets: 22 KiB each against 16 idle with one thread, 28 with two), and
+/// one was as fast as two for 2,000 clients replaying at once (~0.5 s).
+const PAGE_THREADS: usize = 1;
 /// Stack of a pool thread. Measured: the deepest path (a page of replies
 /// parsed and decoded, events of any size) touches 88 KiB in a debug build
 /// and 16 KiB in a release one; untouched pages cost no memory.
@@ -62,7 +66,10 @@ impl fmt::Display for StartError {
 
 /// State the log and the follower share.
 struct Shared {
-    pool: Pool,
+    /// Where publishes are appended, and pages read: apart, so that a
+    /// publish never waits behind a large page.
+    appends: Pool,
+    pages: Pool,
     /// Set by the follower: whether its connection works.
     up: AtomicBool,
     /// The stream's length and first entry as the follower last read them.
@@ -180,13 +187,20 @@ pub fn connect(
         .arg(STREAM)
         .query(&mut con)
         .map_err(failed)?;
-    let pool = Pool::start(&client).map_err(|e| StartError {
-        at: at.clone(),
-        why: format!("cannot start a connection thread: {e}"),
-    })?;
+    let pool = |name: &str, threads| {
+        Pool::start(&client, name, threads).map_err(|e| StartError {
+            at: at.clone(),
+            why: format!("cannot start a connection thread: {e}"),
+        })
+    };
+    let (appends, pages) = (
+        pool("redis-append", APPEND_THREADS)?,
+        pool("redis-page", PAGE_THREADS)?,
+    );
     log::info!("event log: redis stream {STREAM} at {at}, {len} entries, following after {last}");
     let shared = Arc::new(Shared {
-        pool,
+        appends,
+        pages,
         up: AtomicBool::new(true),
         len: AtomicUsize::new(len),
         oldest: Mutex::new(None),
@@ -252,7 +266,7 @@ impl EventLog for RedisLog {
             xadd.arg("event").arg(name);
         }
         xadd.arg("data").arg(event.data);
-        let id: String = self.shared.pool.run(move |con| xadd.query(con))?;
+        let id: String = self.shared.appends.run(move |con| xadd.query(con))?;
         let id = id
             .parse()
             .map_err(|e| LogError(format!("redis gave the malformed id {id:?}: {e}")))?;
@@ -283,7 +297,7 @@ impl EventLog for RedisLog {
         };
         let shared = self.shared.clone();
         // Built, parsed and decoded on the pool thread (see `Pool`).
-        self.shared.pool.run(move |con| {
+        self.shared.pages.run(move |con| {
             let replies: Vec<Value> = read.pipeline().query(con)?;
             Ok(read.page(replies, &shared))
         })
@@ -520,7 +534,8 @@ impl Follower {
             self.shared.up.store(true, Ordering::Relaxed);
             let Err(e) = self.follow(&mut con, hub);
             self.shared.up.store(false, Ordering::Relaxed);
-            self.shared.pool.discard_connections();
+            self.shared.appends.discard_connections();
+            self.shared.pages.discard_connections();
             log::warn!(
                 "redis unreachable ({e}): publishing answers 503 until it is back; \
                  open streams stay open"
@@ -625,12 +640,12 @@ fn gap_probe<'p>(pipe: &'p mut redis::Pipeline, id: &str) -> &'p mut redis::Pipe
 /// A call for a pool thread: it answers its caller itself.
 type Job = Box<dyn FnOnce(&mut Worker) + Send>;
 
-/// The threads that make every Redis call of publishers and streams, each
-/// on a connection of its own, and parse and decode the replies there:
-/// redis-rs's parser touches most of a 128 KiB stack and allocates in its
-/// thread's arena, and on a stream thread both stayed resident for the
-/// stream's life (measured: ~170 KiB for each stream that had replayed). A
-/// stream thread gets only shared frames back.
+/// A fixed set of threads that make the Redis calls of publishers or of
+/// streams, each on a connection of its own, and parse and decode the
+/// replies there: redis-rs's parser touches most of a 128 KiB stack and
+/// allocates in its thread's arena, and on a stream thread both stayed
+/// resident for the stream's life (measured: ~170 KiB for each stream that
+/// had replayed). A stream thread gets only shared frames back.
 struct Pool {
     /// Jobs in the order they came; each caller bounds how long its own
     /// job may wait here (`Call::wait`), and one it gave up on is skipped.
@@ -641,10 +656,10 @@ struct Pool {
 }
 
 impl Pool {
-    fn start(client: &Client) -> std::io::Result<Pool> {
+    fn start(client: &Client, name: &str, threads: usize) -> std::io::Result<Pool> {
         let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
         let generation = Arc::new(AtomicU64::new(0));
-        for _ in 0..POOL_SIZE {
+        for _ in 0..threads {
             let queue = queue.clone();
             let mut worker = Worker {
                 client: client.clone(),
@@ -652,7 +667,7 @@ impl Pool {
                 con: None,
             };
             thread::Builder::new()
-                .name("redis-pool".into())
+                .name(name.into())
                 .stack_size(POOL_STACK_BYTES)
                 .spawn(move || queue.iter().for_each(|job| job(&mut worker)))?;
         }
