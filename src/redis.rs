@@ -6,12 +6,13 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 
 use redis::{Client, Connection, RedisError, RedisResult, Value};
 
@@ -661,7 +662,7 @@ impl Pool {
         let generation = Arc::new(AtomicU64::new(0));
         for _ in 0..threads {
             let queue = queue.clone();
-            let mut worker = Worker {
+            let worker = Worker {
                 client: client.clone(),
                 generation: generation.clone(),
                 con: None,
@@ -669,7 +670,7 @@ impl Pool {
             thread::Builder::new()
                 .name(name.into())
                 .stack_size(POOL_STACK_BYTES)
-                .spawn(move || queue.iter().for_each(|job| job(&mut worker)))?;
+                .spawn(move || worker.run(&queue))?;
         }
         Ok(Pool { jobs, generation })
     }
@@ -718,6 +719,17 @@ struct Worker {
 }
 
 impl Worker {
+    /// Runs jobs until the pool is dropped. A panic is a bug, but must not
+    /// take a shared thread with it: its caller gets no answer, and the
+    /// connection, in an unknown state, is closed.
+    fn run(mut self, queue: &Receiver<Job>) {
+        for job in queue {
+            if panic::catch_unwind(AssertUnwindSafe(|| job(&mut self))).is_err() {
+                self.con = None;
+            }
+        }
+    }
+
     /// This thread's connection, opened on first use and again after a
     /// failure or an outage. One that failed is closed, not reused.
     fn connection(&mut self) -> RedisResult<&mut Connection> {
@@ -863,6 +875,23 @@ mod tests {
         );
         let plain = decode((id(9, 2), ["data", "x", "topic", "t"].map(bulk).to_vec())).unwrap();
         assert_eq!(&*plain.bytes, b"id: 9-2\ndata: x\n\n");
+    }
+
+    #[test]
+    fn a_call_no_thread_took_in_time_is_refused_and_never_run() {
+        let call = Call::<()>::new();
+        let refused = call.wait().unwrap_err();
+        assert_eq!(refused.0, "redis busy: every connection is in use");
+        assert!(!call.take(), "a pool thread would run it after the 503");
+    }
+
+    #[test]
+    fn a_taken_call_is_answered() {
+        let call = Arc::new(Call::new());
+        assert!(call.take());
+        let answering = call.clone();
+        thread::spawn(move || answering.answer(Ok(7)));
+        assert_eq!(call.wait(), Ok(7));
     }
 
     #[test]
