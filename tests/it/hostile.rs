@@ -487,7 +487,7 @@ fn a_flood_of_bad_requests_logs_a_few_lines_that_add_up() {
     const EACH: usize = 500;
     let bad = [
         ("GET /nope HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
-        ("DELETE /events HTTP/1.1\r\nHost: localhost\r\n\r\n", 405),
+        ("PUT /events HTTP/1.1\r\nHost: localhost\r\n\r\n", 405),
         (
             "GET /events?topic=%00 HTTP/1.1\r\nHost: localhost\r\n\r\n",
             400,
