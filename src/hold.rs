@@ -4,13 +4,16 @@
 //! they drop off the history and are ended, though their clients read
 //! promptly. A publish that finds such a subscriber far behind waits for a
 //! signal that it has caught up a page, for at most `MAX_HOLD`. A
-//! subscriber whose own client is what holds it up is never waited for.
+//! subscriber whose own client is what holds it up is never waited for, nor
+//! is the follower of a Redis stream or a file log.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// The longest a publish (or a follower's fan-out) is held back, in all.
+/// The longest a publish is held back. Only publishes to a memory log are:
+/// a follower (Redis, files) feeds every subscriber of its process, and is
+/// never held.
 pub const MAX_HOLD: Duration = Duration::from_millis(250);
 
 #[derive(Default)]
@@ -27,7 +30,7 @@ impl Hold {
     pub fn wait_while(&self, behind: impl Fn() -> bool) -> Duration {
         let started = Instant::now();
         let deadline = started + MAX_HOLD;
-        self.waiting.fetch_add(1, Ordering::AcqRel);
+        self.waiting.fetch_add(1, Ordering::SeqCst);
         let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         while behind() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -48,7 +51,7 @@ impl Hold {
     /// A stream wrote a page of its catch-up, or ended: wake the waiting
     /// publishers to look again. Costs an atomic load when none waits.
     pub fn progress(&self) {
-        if self.waiting.load(Ordering::Acquire) > 0 {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
             drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()));
             self.caught_up.notify_all();
         }

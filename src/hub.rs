@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::event::{EventId, Selector, TopicFilter, CLOSED};
-use crate::history::{EventLog, LogError, Page, PAGE_BYTES};
+use crate::history::{now_ms, EventLog, LogError, Page, PAGE_BYTES};
 use crate::hold::Hold;
 use crate::metrics::{Gauges, Metrics};
 use crate::sse::{Event, Frame, SharedFrame};
@@ -117,6 +117,33 @@ struct Shared {
     /// Matching events fanned out while it was behind, and frames dropped
     /// from its queue to be read from the log, not read yet: an estimate.
     missed: AtomicU64,
+    /// Counted in `ssehub_subscribers_evicted_total` already.
+    evicted: AtomicBool,
+}
+
+impl Shared {
+    /// Counts this subscriber as evicted, once whoever notices first.
+    fn count_evicted(&self, metrics: &Metrics) {
+        if !self.evicted.swap(true, Ordering::AcqRel) {
+            Metrics::add(&metrics.evicted, 1);
+        }
+    }
+}
+
+impl Subscriber {
+    /// Lets go of it for `why`. Ended by the hub (`RELEASED`: a DELETE, a
+    /// log that lost entries), a thread waiting on its client for room is
+    /// woken by shutting its socket down (under the hub lock, while the fd
+    /// is the stream's: see `fd`); a client that is gone is left to the
+    /// stream to find out, and to tell why.
+    fn release(&self, why: u8) {
+        self.shared.state.store(why, Ordering::Release);
+        if why == RELEASED && self.shared.blocked.load(Ordering::Acquire) {
+            // SAFETY: shutdown on a socket the stream keeps open while it
+            // is registered.
+            unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+        }
+    }
 }
 
 /// `Inner::closes` is pruned of dropped ends first at this length.
@@ -238,10 +265,11 @@ impl Subscription<'_> {
 
     /// Tells the hub whether the thread waits for room in its socket.
     pub fn set_blocked(&self, blocked: bool) {
-        if blocked {
-            self.shared.slow_client.store(true, Ordering::Release);
-        }
         self.shared.blocked.store(blocked, Ordering::Release);
+        if blocked && !self.shared.slow_client.swap(true, Ordering::SeqCst) {
+            // No publish waits for it any more.
+            self.hub.hold.progress();
+        }
     }
 
     /// The stream wrote a page of the log: publishers held back for it may
@@ -258,7 +286,9 @@ impl Subscription<'_> {
 
     /// Records the last id written to the client.
     pub fn set_position(&self, id: EventId) {
-        self.shared.position_ms.store(id.ms, Ordering::Relaxed);
+        // SeqCst with `Hold`'s waiting count: a publisher that counts itself
+        // waiting then sees this position, or this stream sees it waiting.
+        self.shared.position_ms.store(id.ms, Ordering::SeqCst);
         *self
             .shared
             .written
@@ -302,7 +332,14 @@ impl Subscription<'_> {
     /// stream's own wait would have.
     pub fn evict(&self) {
         self.hub.unregister(self.key, GONE);
-        Metrics::add(&self.hub.metrics.evicted, 1);
+        self.shared.count_evicted(&self.hub.metrics);
+        self.hub.hold.progress();
+    }
+
+    /// The stream ends properly now: out of the registry (and the gauge)
+    /// before it writes its end to a client that may be slow to take it.
+    pub fn leave(&self) {
+        self.hub.unregister(self.key, RELEASED);
     }
 
     /// Identifies this subscriber to `Hub::hang_up`.
@@ -505,8 +542,11 @@ impl Hub {
     pub fn fan_out_followed(&self, frames: &[SharedFrame]) {
         for frame in frames {
             let mut inner = self.lock();
-            let fanned = self.fan_out(&mut inner, frame);
+            let mut fanned = self.fan_out(&mut inner, frame);
             drop(inner);
+            // The follower is never held: it feeds every subscriber of this
+            // process, and a wait per frame would add up over a batch.
+            fanned.starved.clear();
             self.after_fan_out(fanned);
         }
     }
@@ -518,7 +558,7 @@ impl Hub {
         let mut inner = self.lock();
         let ended = inner.subscribers.len();
         for s in inner.subscribers.drain(..) {
-            s.shared.state.store(RELEASED, Ordering::Release);
+            s.release(RELEASED);
         }
         self.registered.fetch_sub(ended, Ordering::AcqRel);
         ended
@@ -555,6 +595,7 @@ impl Hub {
                 if s.shared.blocked.load(Ordering::Acquire) {
                     if oldest.is_some_and(|o| position < o.ms) {
                         s.shared.state.store(GONE, Ordering::Release);
+                        s.shared.evicted.store(true, Ordering::Release);
                         // SAFETY: shutdown on a socket the stream keeps open
                         // while it is registered (see `Subscriber::fd`).
                         unsafe { libc::shutdown(s.fd, libc::SHUT_RDWR) };
@@ -600,7 +641,7 @@ impl Hub {
                 out.starved.iter().any(|(s, middle)| {
                     s.state.load(Ordering::Acquire) == LIVE
                         && !s.slow_client.load(Ordering::Acquire)
-                        && s.position_ms.load(Ordering::Relaxed) < *middle
+                        && s.position_ms.load(Ordering::SeqCst) < *middle
                 })
             });
         }
@@ -671,8 +712,12 @@ impl Hub {
             peer: Arc::new(peer),
             since: SystemTime::now(),
         });
+        // An id from the future (or another deployment) is no such client:
+        // it replays, and learns of the gap.
         let caught_up = self.log.followed()
-            && last.is_some_and(|last| inner.edge.is_some_and(|edge| last >= edge));
+            && last.is_some_and(|last| {
+                inner.edge.is_some_and(|edge| last >= edge) && last.ms <= now_ms()
+            });
         drop(inner);
         Ok(Subscription {
             hub: self,
@@ -744,7 +789,7 @@ impl Hub {
             return false;
         };
         let s = inner.subscribers.swap_remove(i);
-        s.shared.state.store(why, Ordering::Release);
+        s.release(why);
         self.registered.fetch_sub(1, Ordering::AcqRel);
         true
     }
@@ -755,6 +800,8 @@ impl Hub {
         let mut inner = self.lock();
         inner.closed = true;
         let ended = inner.subscribers.len();
+        // Not `release`: every stream writes its end (a stream stuck on its
+        // client is left to the exit's grace period).
         for s in inner.subscribers.drain(..) {
             s.shared.state.store(RELEASED, Ordering::Release);
         }

@@ -255,8 +255,17 @@ pub fn serve(stream: TcpStream, mut sub: Subscription<'_>, p: &StreamParams) {
     };
     let ends = sub.ends.take();
     match run(&mut w, &sub, ends, p) {
-        Ok(()) => w.finish(),
-        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+        Ok(()) => {
+            // Out of the registry and the gauge before its end is written.
+            sub.leave();
+            w.finish();
+        }
+        // Its own wait for room ran out, or the kernel's TCP_USER_TIMEOUT
+        // ended the connection (the hang-up watch may have seen that first).
+        Err(e)
+            if e.kind() == io::ErrorKind::TimedOut
+                || matches!(w.stream.take_error(), Ok(Some(e)) if e.kind() == io::ErrorKind::TimedOut) =>
+        {
             log::debug!("subscriber evicted: {e}");
             sub.evict();
         }
@@ -347,6 +356,14 @@ fn run(
                 // What the socket takes now: a stream whose client does not
                 // read holds one frame at most, not a page of its own.
                 let room = w.room(&blocked)?;
+                if let Some(done) = check(sub)? {
+                    return Ok(done);
+                }
+                // A long replay or catch-up ends at the token's exp too.
+                if let Some(exp) = p.expires.filter(|exp| unix_now() >= *exp) {
+                    w.chunk(&[&sse::expired(exp)], &blocked)?;
+                    return Ok(());
+                }
                 let page = match sub.read(cursor, room) {
                     Ok(page) => page,
                     Err(e) => {
