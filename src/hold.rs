@@ -2,8 +2,9 @@
 //! short of CPU. Stream threads run at the lowest priority (stream.rs), so
 //! at the maximum publish rate on a busy machine they can fall behind until
 //! they drop off the history and are ended, though their clients read
-//! promptly. A publish that finds such a subscriber far behind waits for a
-//! signal that it has caught up a page, for at most `MAX_HOLD`. A
+//! promptly. A publish that finds such a subscriber's queue full waits until
+//! it has written that event from the log (it signals each page), for at
+//! most `MAX_HOLD`. A
 //! subscriber whose own client is what holds it up is never waited for, nor
 //! is the follower of a Redis stream or a file log.
 

@@ -169,7 +169,7 @@ pub enum Ending {
 struct FannedOut {
     receivers: usize,
     evicted: u64,
-    /// Subscribers short of CPU, and the position each must pass.
+    /// Subscribers short of CPU, and the millisecond each must reach.
     starved: Vec<(Arc<Shared>, u64)>,
 }
 
@@ -569,9 +569,8 @@ impl Hub {
     /// nothing queued until its stream has read the log. One that is also
     /// stuck in a write to its client while its position fell below the
     /// oldest retained event can never catch up: its socket is shut down so
-    /// its thread returns at once. One behind in the older half of the
-    /// history whose client is not what holds it up is short of CPU: the
-    /// caller waits for it (`after_fan_out`).
+    /// its thread returns at once. One behind whose client is not what holds
+    /// it up is short of CPU: the caller waits for it (`after_fan_out`).
     fn fan_out(&self, inner: &mut Inner, frame: &SharedFrame) -> FannedOut {
         inner.edge = Some(frame.id);
         if frame.closes {
@@ -602,11 +601,10 @@ impl Hub {
                         out.evicted += 1;
                         return false;
                     }
-                } else if let Some(oldest) = oldest {
-                    let middle = oldest.ms + frame.id.ms.saturating_sub(oldest.ms) / 2;
-                    if position < middle && !s.shared.slow_client.load(Ordering::Acquire) {
-                        out.starved.push((s.shared.clone(), middle));
-                    }
+                } else if !s.shared.slow_client.load(Ordering::Acquire) {
+                    // Short of CPU, not of a client: wait until it has
+                    // written this frame from the log.
+                    out.starved.push((s.shared.clone(), frame.id.ms));
                 }
                 out.receivers += 1;
                 return true;
@@ -626,7 +624,7 @@ impl Hub {
     }
 
     /// Outside the lock: counts the evicted, and holds the caller back while
-    /// a subscriber short of CPU is still in the older half of the history
+    /// a subscriber short of CPU has not yet written the frame it missed
     /// (for at most `hold::MAX_HOLD`). Returns the receivers.
     fn after_fan_out(&self, out: FannedOut) -> usize {
         if out.evicted > 0 {
@@ -638,10 +636,10 @@ impl Hub {
         }
         if !out.starved.is_empty() {
             self.hold.wait_while(|| {
-                out.starved.iter().any(|(s, middle)| {
+                out.starved.iter().any(|(s, until)| {
                     s.state.load(Ordering::Acquire) == LIVE
                         && !s.slow_client.load(Ordering::Acquire)
-                        && s.position_ms.load(Ordering::SeqCst) < *middle
+                        && s.position_ms.load(Ordering::SeqCst) < *until
                 })
             });
         }
@@ -924,8 +922,8 @@ mod tests {
         let first = hub.publish("t", None, "x").unwrap().id;
         let sub = hub.subscribe(all(), None, -1, Peer::default()).unwrap();
         sub.set_position(first);
-        // Once its position is in the older half of the history (by time),
-        // a publish is held back, for MAX_HOLD at most.
+        // Once its queue is full and it has not written what it missed, a
+        // publish is held back, for MAX_HOLD at most.
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut held = Duration::ZERO;
         while held < MAX_HOLD && Instant::now() < deadline {
