@@ -81,16 +81,59 @@ fn stalled() -> io::Error {
 impl Writer {
     /// Writes `parts` as one chunk.
     fn chunk(&mut self, parts: &[&[u8]], blocked: &dyn Fn(bool)) -> io::Result<()> {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
+        self.chunk_of(parts.iter().copied(), blocked)
+    }
+
+    /// Writes `parts` as one chunk; a few of them (one wake-up's usual
+    /// share) without allocating.
+    fn chunk_of<'p>(
+        &mut self,
+        parts: impl Iterator<Item = &'p [u8]> + Clone,
+        blocked: &dyn Fn(bool),
+    ) -> io::Result<()> {
+        let len: usize = parts.clone().map(<[u8]>::len).sum();
         if len == 0 {
             return Ok(());
         }
-        let size = format!("{len:x}\r\n");
-        let mut slices = Vec::with_capacity(parts.len() + 2);
-        if self.chunked {
-            slices.push(IoSlice::new(size.as_bytes()));
+        // The size line, hex digits written backwards, then CRLF.
+        let mut size = [0u8; 18];
+        let mut at = size.len() - 2;
+        size[at..].copy_from_slice(b"\r\n");
+        let mut rest = len;
+        loop {
+            at -= 1;
+            size[at] = b"0123456789abcdef"[rest % 16];
+            rest /= 16;
+            if rest == 0 {
+                break;
+            }
         }
-        slices.extend(parts.iter().map(|p| IoSlice::new(p)));
+        let size = &size[at..];
+        let count = parts.clone().count() + 2;
+        if count <= 8 {
+            let mut stack = [IoSlice::new(&[]); 8];
+            let mut n = 0;
+            if self.chunked {
+                stack[n] = IoSlice::new(size);
+                n += 1;
+            }
+            for part in parts {
+                stack[n] = IoSlice::new(part);
+                n += 1;
+            }
+            if self.chunked {
+                stack[n] = IoSlice::new(b"\r\n");
+                n += 1;
+            }
+            return self.write_all(&mut stack[..n], blocked);
+        }
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(count);
+        if self.chunked {
+            slices.push(IoSlice::new(size));
+        }
+        for part in parts {
+            slices.push(IoSlice::new(part));
+        }
         if self.chunked {
             slices.push(IoSlice::new(b"\r\n"));
         }
@@ -448,8 +491,7 @@ fn run(
                 if let Some(done) = check(sub)? {
                     return Ok(done);
                 }
-                let parts: Vec<&[u8]> = batch.iter().map(|f| &*f.bytes).collect();
-                w.chunk(&parts, &blocked)?;
+                w.chunk_of(batch.iter().map(|f| &*f.bytes), &blocked)?;
                 delivered(batch.len());
                 if let Some(at) = cursor.filter(|_| !batch.is_empty()) {
                     sub.set_position(at);
