@@ -8,13 +8,13 @@
 use std::io::{self, IoSlice, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::RecvTimeoutError;
 
 use crate::event::EventId;
 use crate::hangup::Hangups;
-use crate::history::{PAGE_BYTES, PAGE_EVENTS};
+use crate::history::{now_ms, PAGE_BYTES, PAGE_EVENTS};
 use crate::hub::{Ending, Ends, Subscription};
 use crate::metrics::Metrics;
 use crate::sse::{self, SharedFrame};
@@ -351,9 +351,7 @@ fn open(w: &mut Writer, p: &StreamParams) -> io::Result<()> {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    now_ms() / 1000
 }
 
 /// Ok when the stream should end properly, Err when the client went away
