@@ -36,6 +36,9 @@ pub const REFUSAL_QUEUE: usize = 32;
 /// the connection before the client has read the 503.
 pub const LINGERING: usize = 32;
 const LINGER: Duration = Duration::from_millis(250);
+/// How long the accept loop waits before it tries again when not even the
+/// spare descriptor can be had back (the kernel does not signal a freed one).
+const OUT_OF_DESCRIPTORS_PAUSE: Duration = Duration::from_millis(10);
 
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
 Retry-After: 1\r\nConnection: close\r\nContent-Length: 32\r\n\r\n{\"error\":\"too many connections\"}";
@@ -125,11 +128,19 @@ fn accept_loop(
                         }
                         spare = File::open("/dev/null").ok();
                         if spare.is_none() {
-                            thread::sleep(Duration::from_millis(10));
+                            thread::sleep(OUT_OF_DESCRIPTORS_PAUSE);
                         }
                         continue;
                     }
-                    Err(_) => continue,
+                    Err(_) => {
+                        // Someone else took the freed number: no descriptor
+                        // to answer with, and nothing signals when one is
+                        // free again; pause rather than spin on accept.
+                        if spare.is_none() {
+                            thread::sleep(OUT_OF_DESCRIPTORS_PAUSE);
+                        }
+                        continue;
+                    }
                 }
             }
             Err(e) => {

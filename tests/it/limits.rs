@@ -1,13 +1,12 @@
 //! `--client-queue`, `--max-subscribers` and the startup clamp.
 
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::cgroup::PidsCgroup;
-use crate::harness::{poll, read_response, subscribe_many, Hub, Start};
+use crate::harness::{poll, read_response, subscribe_many, Hub, Start, READ_TIMEOUT};
 
 /// A subscriber that never reads is ended once it has taken no data for
 /// two heartbeats (its thread waits in a write); a fast reader beside it
@@ -81,26 +80,18 @@ fn a_slow_reader_paces_no_one() {
     a_slow_reader_paces_no_one_on(&hub, &hub);
 }
 
-/// The check of `a_slow_reader_paces_no_one`, with the burst published on
-/// `publisher` and both subscribers on `reader`.
-pub fn a_slow_reader_paces_no_one_on(publisher: &Hub, reader: &Hub) {
-    let slow_had = slow_reader_beside_a_prompt_one(publisher, reader);
-    // Paced by the slow reader, it would have all but the few that fit its
-    // socket buffers by then.
-    assert!(
-        slow_had < BURST * 3 / 4,
-        "the slow reader had {slow_had} of {BURST} when the prompt one had all"
-    );
-    assert_eq!(reader.metric("ssehub_subscribers_evicted_total"), 0);
-}
-
 const BURST: usize = 1000;
 
 /// Publishes `BURST` events of 4 KiB on `publisher` while two subscribers
-/// of `reader` take them, one as fast as it can and one at about 1.3 MB/s;
-/// checks that both get all of them exactly once, in order. Returns how
-/// many the slow one had when the prompt one had all.
-fn slow_reader_beside_a_prompt_one(publisher: &Hub, reader: &Hub) -> usize {
+/// of `reader` take them: a prompt one as fast as it can, and a slow one
+/// that never reads past half of what the prompt one has. If the slow one
+/// paced the publisher, the prompt one could get no further than the slow
+/// one's queue and socket buffers ahead of it (a few hundred events at most),
+/// the slow one would wait for it, and the reads would time out; however fast
+/// or slow the machine is. Once the prompt one has all, the slow one reads on
+/// from the log; both must get every event exactly once, in order, and no
+/// one is evicted.
+pub fn a_slow_reader_paces_no_one_on(publisher: &Hub, reader: &Hub) {
     let in_order = |got: &[String]| {
         assert_eq!(got.len(), BURST);
         for (i, data) in got.iter().enumerate() {
@@ -116,23 +107,43 @@ fn slow_reader_beside_a_prompt_one(publisher: &Hub, reader: &Hub) -> usize {
         .unwrap();
     let mut prompt = reader.subscribe("/events", "");
     prompt.next_block();
-    let slow_had = Arc::new(AtomicUsize::new(0));
+    // How many events the prompt reader has, and a signal when it changes.
+    let progress = Arc::new((Mutex::new(0usize), Condvar::new()));
     let slow_reading = thread::spawn({
-        let had = slow_had.clone();
+        let progress = progress.clone();
         move || {
+            let (had, changed) = &*progress;
             let mut got = Vec::new();
             while got.len() < BURST {
+                let mut prompt_had = had.lock().unwrap();
+                while *prompt_had < BURST && *prompt_had < 2 * (got.len() + 1) {
+                    let (next, waited) = changed.wait_timeout(prompt_had, READ_TIMEOUT).unwrap();
+                    assert!(
+                        !waited.timed_out(),
+                        "the prompt reader stopped at {} while the slow one had {}",
+                        *next,
+                        got.len()
+                    );
+                    prompt_had = next;
+                }
+                drop(prompt_had);
                 got.push(slow.next_event().data);
-                had.store(got.len(), Ordering::Relaxed);
-                thread::sleep(Duration::from_millis(3));
             }
             got
         }
     });
-    let prompt_reading = thread::spawn(move || {
-        (0..BURST)
-            .map(|_| prompt.next_event().data)
-            .collect::<Vec<_>>()
+    let prompt_reading = thread::spawn({
+        let progress = progress.clone();
+        move || {
+            let (had, changed) = &*progress;
+            let mut got = Vec::new();
+            while got.len() < BURST {
+                got.push(prompt.next_event().data);
+                *had.lock().unwrap() = got.len();
+                changed.notify_all();
+            }
+            got
+        }
     });
     let payload = "p".repeat(4096);
     let mut con = publisher.connect();
@@ -146,11 +157,9 @@ fn slow_reader_beside_a_prompt_one(publisher: &Hub, reader: &Hub) -> usize {
         con.write_all(request.as_bytes()).unwrap();
         assert_eq!(read_response(&mut con).unwrap().status, 200);
     }
-    let prompt_got = prompt_reading.join().expect("the prompt reader got all");
-    let had = slow_had.load(Ordering::Relaxed);
-    in_order(&prompt_got);
+    in_order(&prompt_reading.join().expect("the prompt reader got all"));
     in_order(&slow_reading.join().expect("the slow reader got all"));
-    had
+    assert_eq!(reader.metric("ssehub_subscribers_evicted_total"), 0);
 }
 
 #[test]
