@@ -261,6 +261,15 @@ impl Hub {
         }
     }
 
+    /// Waits for the process to exit; panics with its log if it has not
+    /// within `timeout`.
+    pub fn exits_within(&mut self, timeout: Duration) -> ExitStatus {
+        match self.wait_exit(timeout) {
+            Some(status) => status,
+            None => panic!("still running after {timeout:?}; log:\n{}", self.log()),
+        }
+    }
+
     /// Threads, open fds, RSS in KiB and memory maps of the process.
     pub fn usage(&self) -> Usage {
         usage(self.pid())
