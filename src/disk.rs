@@ -19,7 +19,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -366,8 +366,9 @@ struct State {
     retry_at: Option<Instant>,
     next_number: u64,
     clock: IdClock,
-    /// Written under `--fsync always`, not flushed yet, in id order.
-    unsynced: Vec<SharedFrame>,
+    /// Written under `--fsync always`, not flushed yet, in id order, each
+    /// with the appender that waits for its flush.
+    unsynced: Vec<(SharedFrame, Arc<Waiter>)>,
     /// Written since the last flush (`--fsync periodic`).
     dirty: bool,
     /// A new file's name is not flushed into the directory yet.
@@ -381,13 +382,49 @@ struct State {
     recent: VecDeque<SharedFrame>,
     recent_bytes: usize,
     recent_floor: Option<EventId>,
-    /// Counts failed flushes: an appender whose flush failed sees it change.
-    epoch: u64,
     failure: String,
     closing: bool,
     /// Tests hold the flusher back to look at what is not durable yet.
     #[cfg(test)]
     hold: bool,
+}
+
+/// An appender waiting for the flush that covers its record (`--fsync
+/// always`). The flusher settles it and wakes exactly that thread: a flush
+/// does not wake the appenders that wait for the next one, and a woken
+/// appender does not take the log's lock again.
+struct Waiter {
+    thread: thread::Thread,
+    /// `PENDING` until the flusher settles it `DURABLE` or `FAILED`.
+    state: AtomicU8,
+}
+
+const PENDING: u8 = 0;
+const DURABLE: u8 = 1;
+const FAILED: u8 = 2;
+
+impl Waiter {
+    fn new() -> Arc<Waiter> {
+        Arc::new(Waiter {
+            thread: thread::current(),
+            state: AtomicU8::new(PENDING),
+        })
+    }
+
+    fn settle(&self, to: u8) {
+        self.state.store(to, Ordering::Release);
+        self.thread.unpark();
+    }
+
+    /// Parks until settled (a park may end early: the state decides).
+    fn wait(&self) -> u8 {
+        loop {
+            match self.state.load(Ordering::Acquire) {
+                PENDING => thread::park(),
+                settled => return settled,
+            }
+        }
+    }
 }
 
 /// What the log, its flusher and its follower share.
@@ -405,7 +442,8 @@ struct Shared {
     prepare: Condvar,
     /// Whether files get their full size up front (not `--fsync never`).
     prepared: bool,
-    /// Wakes appenders waiting for their flush, and the follower.
+    /// Wakes the follower (and, under `--fsync periodic`, nobody else:
+    /// appenders of `always` wait as `Waiter`s).
     visible: Condvar,
     /// Whether the last write or flush succeeded.
     up: AtomicBool,
@@ -621,7 +659,6 @@ pub fn open(
             recent: VecDeque::new(),
             recent_bytes: 0,
             recent_floor: newest,
-            epoch: 0,
             failure: String::new(),
             closing: false,
             #[cfg(test)]
@@ -1013,30 +1050,29 @@ impl Shared {
             return Err(LogError(format!("event log: cannot write: {e}")));
         }
         let frame = Arc::new(Frame::new(id, event));
-        let mut removed = Vec::new();
         if self.fsync == Fsync::Always {
-            st.unsynced.push(frame.clone());
+            let waiter = Waiter::new();
+            st.unsynced.push((frame.clone(), waiter.clone()));
+            drop(st);
+            // Pushed under the lock the flusher checks under: no lost wake-up.
             self.flush.notify_one();
-            let epoch = st.epoch;
-            while st.visible_id < Some(id) {
-                if st.epoch != epoch {
-                    return Err(LogError(format!("event log: cannot flush: {}", st.failure)));
-                }
-                st = self.visible.wait(st).unwrap_or_else(|e| e.into_inner());
+            if waiter.wait() == FAILED {
+                let why = self.lock().failure.clone();
+                return Err(LogError(format!("event log: cannot flush: {why}")));
             }
         } else {
             let newest = st.segments.back().expect("written");
             let (extent, file) = (newest.written, newest.file.clone());
             st.reveal(&file, extent, vec![frame.clone()]);
-            removed = st.retain(self);
+            let removed = st.retain(self);
             if !st.dirty {
                 st.dirty = true;
                 self.flush.notify_one();
             }
             self.visible.notify_all();
+            drop(st);
+            remove(removed);
         }
-        drop(st);
-        remove(removed);
         if !self.up.swap(true, Ordering::Relaxed) {
             log::info!("event log: writing again");
         }
@@ -1056,7 +1092,8 @@ impl Shared {
             if st.unsynced.is_empty() {
                 return;
             }
-            let batch = std::mem::take(&mut st.unsynced);
+            let (frames, waiters): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut st.unsynced).into_iter().unzip();
             let newest = st.segments.back().expect("written");
             let (extent, file) = (newest.written, newest.file.clone());
             drop(st);
@@ -1064,10 +1101,13 @@ impl Shared {
             st = self.lock();
             match result {
                 Ok(()) => {
-                    st.reveal(&file, extent, batch);
+                    st.reveal(&file, extent, frames);
                     let removed = st.retain(self);
                     self.visible.notify_all();
                     drop(st);
+                    for w in &waiters {
+                        w.settle(DURABLE);
+                    }
                     remove(removed);
                     st = self.lock();
                 }
@@ -1078,13 +1118,16 @@ impl Shared {
                         self.dir.display()
                     );
                     self.up.store(false, Ordering::Relaxed);
-                    st.unsynced.clear();
+                    // What was written after the batch is cut off with it.
+                    let later = std::mem::take(&mut st.unsynced);
                     for seg in st.segments.iter_mut() {
                         seg.revert();
                     }
-                    st.epoch += 1;
                     st.failure = e.to_string();
                     self.visible.notify_all();
+                    for w in waiters.iter().chain(later.iter().map(|(_, w)| w)) {
+                        w.settle(FAILED);
+                    }
                 }
             }
         }
