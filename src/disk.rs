@@ -366,9 +366,9 @@ struct State {
     retry_at: Option<Instant>,
     next_number: u64,
     clock: IdClock,
-    /// Written under `--fsync always`, not flushed yet, in id order, each
-    /// with the appender that waits for its flush.
-    unsynced: Vec<(SharedFrame, Arc<Waiter>)>,
+    /// Sealed under `--fsync always`, neither written nor flushed yet, in
+    /// id order: the flusher writes them in one go and flushes them.
+    unsynced: Vec<Pending>,
     /// Written since the last flush (`--fsync periodic`).
     dirty: bool,
     /// A new file's name is not flushed into the directory yet.
@@ -387,6 +387,14 @@ struct State {
     /// Tests hold the flusher back to look at what is not durable yet.
     #[cfg(test)]
     hold: bool,
+}
+
+/// A record of `--fsync always` on its way to the disk.
+struct Pending {
+    record: Vec<u8>,
+    id: EventId,
+    frame: SharedFrame,
+    waiter: Arc<Waiter>,
 }
 
 /// An appender waiting for the flush that covers its record (`--fsync
@@ -740,10 +748,18 @@ fn remove(paths: Vec<PathBuf>) {
 }
 
 impl State {
-    /// Writes `record` (sealed under `id`) at the end of the newest file,
-    /// rolling over to a new file first if the newest is full. A failed
-    /// write is cut off again, so no reader and no restart sees part of it.
+    /// Writes `record` (sealed under `id`) at the end of the newest file;
+    /// see `write_records`.
     fn write(&mut self, sh: &Shared, record: &[u8], id: EventId) -> io::Result<()> {
+        self.write_records(sh, &[(record, id)])
+    }
+
+    /// Writes sealed records at the end of the newest file, rolling over to
+    /// a new file first whenever the newest is full: one write for the
+    /// records that go into one file. A failed write is cut off again, so no
+    /// reader and no restart sees part of it (records written into a file
+    /// before it are cut off by `revert`).
+    fn write_records(&mut self, sh: &Shared, records: &[(&[u8], EventId)]) -> io::Result<()> {
         for seg in self.segments.iter_mut().filter(|s| s.cut) {
             seg.file.set_len(seg.written.len)?;
             seg.cut = false;
@@ -753,29 +769,60 @@ impl State {
             File::open(&sh.dir)?.sync_all()?;
             self.dir_unsynced = false;
         }
-        let full = |s: &Segment| {
-            s.written.count > 0
-                && (s.written.len + record.len() as u64 > sh.segment_bytes
-                    || s.written.count >= sh.segment_events)
+        let full = |written: Extent, len: usize| {
+            written.count > 0
+                && (written.len + len as u64 > sh.segment_bytes
+                    || written.count >= sh.segment_events)
         };
-        if self.segments.back().is_none_or(full) {
-            self.roll(sh)?;
-        }
-        let seg = self.segments.back_mut().expect("rolled over");
-        let at = seg.written.len;
-        if let Err(e) = seg.file.write_all_at(record, at) {
-            seg.cut = seg.file.set_len(at).is_err();
-            seg.alloc = seg.alloc.min(at);
-            return Err(e);
-        }
-        seg.push(at, id, record.len());
-        let half =
-            |len: u64, count: usize| 2 * len >= sh.segment_bytes || 2 * count >= sh.segment_events;
-        if sh.prepared
-            && half(seg.written.len, seg.written.count)
-            && !half(at, seg.written.count - 1)
-        {
-            sh.prepare.notify_one();
+        let mut rest = records;
+        let mut joined = Vec::new();
+        while let Some((first, _)) = rest.first() {
+            if self
+                .segments
+                .back()
+                .is_none_or(|s| full(s.written, first.len()))
+            {
+                self.roll(sh)?;
+            }
+            let seg = self.segments.back_mut().expect("rolled over");
+            let at = seg.written.len;
+            // The records that fit into this file: at least the first.
+            let mut end = seg.written;
+            let n = rest
+                .iter()
+                .take_while(|(r, _)| {
+                    let fits = !full(end, r.len());
+                    if fits {
+                        end.len += r.len() as u64;
+                        end.count += 1;
+                    }
+                    fits
+                })
+                .count();
+            let (these, after) = rest.split_at(n);
+            let bytes: &[u8] = match these {
+                [(one, _)] => one,
+                _ => {
+                    joined.clear();
+                    these.iter().for_each(|(r, _)| joined.extend_from_slice(r));
+                    &joined
+                }
+            };
+            if let Err(e) = seg.file.write_all_at(bytes, at) {
+                seg.cut = seg.file.set_len(at).is_err();
+                seg.alloc = seg.alloc.min(at);
+                return Err(e);
+            }
+            let before = seg.written;
+            for (r, id) in these {
+                seg.push(seg.written.len, *id, r.len());
+            }
+            let half =
+                |e: Extent| 2 * e.len >= sh.segment_bytes || 2 * e.count >= sh.segment_events;
+            if sh.prepared && half(seg.written) && !half(before) {
+                sh.prepare.notify_one();
+            }
+            rest = after;
         }
         Ok(())
     }
@@ -1038,51 +1085,67 @@ impl Shared {
         }
         let id = st.clock.next(now);
         seal(&mut record, id);
-        if let Err(e) = st.write(self, &record, id) {
-            drop(st);
-            if self.up.swap(false, Ordering::Relaxed) {
-                log::error!(
-                    "event log: cannot write in {}: {e}; publishing answers 503 until writes \
-                     succeed again, open streams stay open",
-                    self.dir.display()
-                );
-            }
-            return Err(LogError(format!("event log: cannot write: {e}")));
-        }
-        let frame = Arc::new(Frame::new(id, event));
         if self.fsync == Fsync::Always {
+            // The flusher writes it with the others of its flush: the lock
+            // is held here for no system call.
+            let frame = Arc::new(Frame::new(id, event));
             let waiter = Waiter::new();
-            st.unsynced.push((frame.clone(), waiter.clone()));
+            st.unsynced.push(Pending {
+                record,
+                id,
+                frame: frame.clone(),
+                waiter: waiter.clone(),
+            });
             drop(st);
             // Pushed under the lock the flusher checks under: no lost wake-up.
             self.flush.notify_one();
             if waiter.wait() == FAILED {
-                let why = self.lock().failure.clone();
-                return Err(LogError(format!("event log: cannot flush: {why}")));
+                return Err(LogError(self.lock().failure.clone()));
             }
-        } else {
-            let newest = st.segments.back().expect("written");
-            let (extent, file) = (newest.written, newest.file.clone());
-            st.reveal(&file, extent, vec![frame.clone()]);
-            let removed = st.retain(self);
-            if !st.dirty {
-                st.dirty = true;
-                self.flush.notify_one();
-            }
-            self.visible.notify_all();
+            return Ok(frame);
+        }
+        if let Err(e) = st.write(self, &record, id) {
             drop(st);
-            remove(removed);
+            self.failed(&format!("cannot write in {}: {e}", self.dir.display()));
+            return Err(LogError(format!("event log: cannot write: {e}")));
         }
-        if !self.up.swap(true, Ordering::Relaxed) {
-            log::info!("event log: writing again");
+        let frame = Arc::new(Frame::new(id, event));
+        let newest = st.segments.back().expect("written");
+        let (extent, file) = (newest.written, newest.file.clone());
+        st.reveal(&file, extent, vec![frame.clone()]);
+        let removed = st.retain(self);
+        if !st.dirty {
+            st.dirty = true;
+            self.flush.notify_one();
         }
+        self.visible.notify_all();
+        drop(st);
+        remove(removed);
+        self.succeeded();
         Ok(frame)
     }
 
-    /// `--fsync always`: one flush for everything written since the last
-    /// one (group commit), then the appenders it covers are answered. A
-    /// failed flush fails them all and cuts their records off: after a
-    /// failed fsync nobody can tell what reached the disk.
+    /// A write or flush failed: said once, until one succeeds again.
+    fn failed(&self, what: &str) {
+        if self.up.swap(false, Ordering::Relaxed) {
+            log::error!(
+                "event log: {what}; publishing answers 503 until writes succeed again, open \
+                 streams stay open"
+            );
+        }
+    }
+
+    fn succeeded(&self) {
+        if !self.up.swap(true, Ordering::Relaxed) {
+            log::info!("event log: writing again");
+        }
+    }
+
+    /// `--fsync always`: everything appended since the last flush is
+    /// written in one go and flushed once (group commit), then the
+    /// appenders it covers are answered. A failed write or flush fails them
+    /// all and cuts their records off: after a failed fsync nobody can tell
+    /// what reached the disk.
     fn flush_always(&self) {
         let mut st = self.lock();
         loop {
@@ -1092,41 +1155,48 @@ impl Shared {
             if st.unsynced.is_empty() {
                 return;
             }
-            let (frames, waiters): (Vec<_>, Vec<_>) =
-                std::mem::take(&mut st.unsynced).into_iter().unzip();
-            let newest = st.segments.back().expect("written");
-            let (extent, file) = (newest.written, newest.file.clone());
-            drop(st);
-            let result = file.sync_data();
-            st = self.lock();
-            match result {
+            let batch = std::mem::take(&mut st.unsynced);
+            let records: Vec<(&[u8], EventId)> =
+                batch.iter().map(|p| (&p.record[..], p.id)).collect();
+            let written = st.write_records(self, &records);
+            drop(records);
+            let result = match written {
+                Err(e) => Err(("write", e)),
                 Ok(()) => {
+                    let newest = st.segments.back().expect("written");
+                    let (extent, file) = (newest.written, newest.file.clone());
+                    // The flush runs without the lock: appenders go on.
+                    drop(st);
+                    let synced = file.sync_data();
+                    st = self.lock();
+                    synced.map(|()| (extent, file)).map_err(|e| ("flush", e))
+                }
+            };
+            match result {
+                Ok((extent, file)) => {
+                    let (frames, waiters): (Vec<_>, Vec<_>) =
+                        batch.into_iter().map(|p| (p.frame, p.waiter)).unzip();
                     st.reveal(&file, extent, frames);
                     let removed = st.retain(self);
                     self.visible.notify_all();
                     drop(st);
+                    self.succeeded();
                     for w in &waiters {
                         w.settle(DURABLE);
                     }
                     remove(removed);
                     st = self.lock();
                 }
-                Err(e) => {
-                    log::error!(
-                        "event log: cannot flush in {}: {e}; the events not flushed were \
-                         answered 503",
-                        self.dir.display()
-                    );
-                    self.up.store(false, Ordering::Relaxed);
-                    // What was written after the batch is cut off with it.
-                    let later = std::mem::take(&mut st.unsynced);
+                Err((what, e)) => {
+                    self.failed(&format!("cannot {what} in {}: {e}", self.dir.display()));
+                    // Written or not, flushed or not: none of the batch is
+                    // kept. What was appended since is written next time.
                     for seg in st.segments.iter_mut() {
                         seg.revert();
                     }
-                    st.failure = e.to_string();
-                    self.visible.notify_all();
-                    for w in waiters.iter().chain(later.iter().map(|(_, w)| w)) {
-                        w.settle(FAILED);
+                    st.failure = format!("event log: cannot {what}: {e}");
+                    for p in &batch {
+                        p.waiter.settle(FAILED);
                     }
                 }
             }
