@@ -1,9 +1,11 @@
 //! The event log in files under `--data DIR`: append-only segment files of
 //! records that carry their length and a checksum, an index rebuilt at start
-//! (in memory), group commit by one flusher thread, retention by whole files,
-//! and the follower that hands durable events to the hub in id order. Its own
-//! lock is held across one write(2) at most, and across one flush of a full
-//! file when the next one starts; nothing here takes the hub lock.
+//! (in memory), group commit (under `--fsync always` by the publisher that
+//! leads a flush, under `periodic` by a flusher thread), retention by whole
+//! files, and the follower that hands durable events to the hub in id order.
+//! Its own lock is held across the write(2) of one batch (one per file) at
+//! most, and across one flush of a full file when the next one starts;
+//! nothing here takes the hub lock.
 //!
 //! Under `--fsync always` and `periodic` a file gets its full size before any
 //! record goes in: a preparer thread fills the next file with zeros and
@@ -367,8 +369,12 @@ struct State {
     next_number: u64,
     clock: IdClock,
     /// Sealed under `--fsync always`, neither written nor flushed yet, in
-    /// id order: the flusher writes them in one go and flushes them.
+    /// id order: the next flush writes them in one go and flushes them.
     unsynced: Vec<Pending>,
+    /// An appender is writing and flushing (`--fsync always`): the others
+    /// wait for it, and it hands the flush of what came meanwhile on to one
+    /// of them.
+    flushing: bool,
     /// Written since the last flush (`--fsync periodic`).
     dirty: bool,
     /// A new file's name is not flushed into the directory yet.
@@ -384,7 +390,7 @@ struct State {
     recent_floor: Option<EventId>,
     failure: String,
     closing: bool,
-    /// Tests hold the flusher back to look at what is not durable yet.
+    /// Tests hold the flush back to look at what is not durable yet.
     #[cfg(test)]
     hold: bool,
 }
@@ -398,18 +404,21 @@ struct Pending {
 }
 
 /// An appender waiting for the flush that covers its record (`--fsync
-/// always`). The flusher settles it and wakes exactly that thread: a flush
-/// does not wake the appenders that wait for the next one, and a woken
-/// appender does not take the log's lock again.
+/// always`). The appender that flushes settles it and wakes exactly that
+/// thread: a flush does not wake the appenders that wait for the next one,
+/// and a woken appender does not take the log's lock again.
 struct Waiter {
     thread: thread::Thread,
-    /// `PENDING` until the flusher settles it `DURABLE` or `FAILED`.
+    /// `PENDING` until the leader of a flush settles it `DURABLE`,
+    /// `FAILED` or `LEAD`.
     state: AtomicU8,
 }
 
 const PENDING: u8 = 0;
 const DURABLE: u8 = 1;
 const FAILED: u8 = 2;
+/// Not flushed yet, and the flush is this appender's to do.
+const LEAD: u8 = 3;
 
 impl Waiter {
     fn new() -> Arc<Waiter> {
@@ -444,7 +453,7 @@ struct Shared {
     segment_bytes: u64,
     segment_events: usize,
     state: Mutex<State>,
-    /// Wakes the flusher.
+    /// Wakes the flusher of `--fsync periodic` (and a held leader, in tests).
     flush: Condvar,
     /// Wakes the preparer.
     prepare: Condvar,
@@ -597,7 +606,8 @@ fn load(
 }
 
 /// Opens (or creates) the log in `dir`: takes its lock, reads every file
-/// back and checks every record, and starts the flusher thread. The
+/// back and checks every record, and starts the flusher thread (`--fsync
+/// periodic`) and the preparer. The
 /// follower is returned to be started once the hub exists.
 pub fn open(
     dir: &Path,
@@ -660,6 +670,7 @@ pub fn open(
             next_number: numbers.last().map_or(0, |n| n + 1),
             clock: newest.map(IdClock::after).unwrap_or_default(),
             unsynced: Vec::new(),
+            flushing: false,
             dirty: false,
             dir_unsynced: false,
             visible_id: newest,
@@ -702,16 +713,14 @@ pub fn open(
         }
     };
     let flusher = match fsync {
-        Fsync::Never => None,
-        _ => {
+        // Under `always` the appenders flush, one for all (see `commit`).
+        Fsync::Never | Fsync::Always => None,
+        Fsync::Periodic => {
             let shared = shared.clone();
             let thread = thread::Builder::new()
                 .name("disk-flusher".into())
                 .stack_size(256 * 1024)
-                .spawn(move || match shared.fsync {
-                    Fsync::Always => shared.flush_always(),
-                    _ => shared.flush_periodic(),
-                })
+                .spawn(move || shared.flush_periodic())
                 .map_err(io_at(dir))?;
             Some(thread)
         }
@@ -1086,8 +1095,8 @@ impl Shared {
         let id = st.clock.next(now);
         seal(&mut record, id);
         if self.fsync == Fsync::Always {
-            // The flusher writes it with the others of its flush: the lock
-            // is held here for no system call.
+            // Written with the others of its flush by whoever leads it: the
+            // lock is held here for no system call.
             let frame = Arc::new(Frame::new(id, event));
             let waiter = Waiter::new();
             st.unsynced.push(Pending {
@@ -1096,13 +1105,19 @@ impl Shared {
                 frame: frame.clone(),
                 waiter: waiter.clone(),
             });
-            drop(st);
-            // Pushed under the lock the flusher checks under: no lost wake-up.
-            self.flush.notify_one();
-            if waiter.wait() == FAILED {
-                return Err(LogError(self.lock().failure.clone()));
+            if st.flushing {
+                drop(st);
+                match waiter.wait() {
+                    DURABLE => return Ok(frame),
+                    FAILED => return Err(LogError(self.lock().failure.clone())),
+                    _ => st = self.lock(),
+                }
             }
-            return Ok(frame);
+            st.flushing = true;
+            return match self.commit(st, &waiter) {
+                Ok(()) => Ok(frame),
+                Err(why) => Err(LogError(why)),
+            };
         }
         if let Err(e) = st.write(self, &record, id) {
             drop(st);
@@ -1141,66 +1156,72 @@ impl Shared {
         }
     }
 
-    /// `--fsync always`: everything appended since the last flush is
-    /// written in one go and flushed once (group commit), then the
-    /// appenders it covers are answered. A failed write or flush fails them
-    /// all and cuts their records off: after a failed fsync nobody can tell
-    /// what reached the disk.
-    fn flush_always(&self) {
-        let mut st = self.lock();
-        loop {
-            while (st.unsynced.is_empty() || st.held()) && !st.closing {
-                st = self.flush.wait(st).unwrap_or_else(|e| e.into_inner());
-            }
-            if st.unsynced.is_empty() {
-                return;
-            }
-            let batch = std::mem::take(&mut st.unsynced);
-            let records: Vec<(&[u8], EventId)> =
-                batch.iter().map(|p| (&p.record[..], p.id)).collect();
-            let written = st.write_records(self, &records);
-            drop(records);
-            let result = match written {
-                Err(e) => Err(("write", e)),
-                Ok(()) => {
-                    let newest = st.segments.back().expect("written");
-                    let (extent, file) = (newest.written, newest.file.clone());
-                    // The flush runs without the lock: appenders go on.
-                    drop(st);
-                    let synced = file.sync_data();
-                    st = self.lock();
-                    synced.map(|()| (extent, file)).map_err(|e| ("flush", e))
-                }
-            };
-            match result {
-                Ok((extent, file)) => {
-                    let (frames, waiters): (Vec<_>, Vec<_>) =
-                        batch.into_iter().map(|p| (p.frame, p.waiter)).unzip();
-                    st.reveal(&file, extent, frames);
-                    let removed = st.retain(self);
-                    self.visible.notify_all();
-                    drop(st);
-                    self.succeeded();
-                    for w in &waiters {
-                        w.settle(DURABLE);
-                    }
-                    remove(removed);
-                    st = self.lock();
-                }
-                Err((what, e)) => {
-                    self.failed(&format!("cannot {what} in {}: {e}", self.dir.display()));
-                    // Written or not, flushed or not: none of the batch is
-                    // kept. What was appended since is written next time.
-                    for seg in st.segments.iter_mut() {
-                        seg.revert();
-                    }
-                    st.failure = format!("event log: cannot {what}: {e}");
-                    for p in &batch {
-                        p.waiter.settle(FAILED);
-                    }
-                }
-            }
+    /// `--fsync always`, by the appender that leads (`own` is its waiter):
+    /// everything appended since the last flush is written in one go and
+    /// flushed once (group commit); the appenders it covers are answered,
+    /// and what was appended meanwhile is handed to one of them to flush
+    /// next. No thread is woken to flush, and none but those answered and
+    /// the next leader is woken after. A failed write or flush fails the
+    /// whole batch and cuts its records off: after a failed fsync nobody
+    /// can tell what reached the disk.
+    fn commit<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        own: &Arc<Waiter>,
+    ) -> Result<(), String> {
+        while st.held() {
+            st = self.flush.wait(st).unwrap_or_else(|e| e.into_inner());
         }
+        let batch = std::mem::take(&mut st.unsynced);
+        let records: Vec<(&[u8], EventId)> = batch.iter().map(|p| (&p.record[..], p.id)).collect();
+        let written = st.write_records(self, &records);
+        drop(records);
+        let result = match written {
+            Err(e) => Err(("write", e)),
+            Ok(()) => {
+                let newest = st.segments.back().expect("written");
+                let (extent, file) = (newest.written, newest.file.clone());
+                // The flush runs without the lock: appenders go on.
+                drop(st);
+                let synced = file.sync_data();
+                st = self.lock();
+                synced.map(|()| (extent, file)).map_err(|e| ("flush", e))
+            }
+        };
+        let (settled, outcome, removed) = match result {
+            Ok((extent, file)) => {
+                let frames = batch.iter().map(|p| p.frame.clone()).collect();
+                st.reveal(&file, extent, frames);
+                let removed = st.retain(self);
+                self.visible.notify_all();
+                (DURABLE, Ok(()), removed)
+            }
+            Err((what, e)) => {
+                // Written or not, flushed or not: none of the batch is kept.
+                // What was appended since is written by the next leader.
+                for seg in st.segments.iter_mut() {
+                    seg.revert();
+                }
+                st.failure = format!("event log: cannot {what}: {e}");
+                (FAILED, Err((what, e)), Vec::new())
+            }
+        };
+        let why = st.failure.clone();
+        let next = st.unsynced.first().map(|p| p.waiter.clone());
+        st.flushing = next.is_some();
+        drop(st);
+        if let Some(next) = next {
+            next.settle(LEAD);
+        }
+        match &outcome {
+            Ok(()) => self.succeeded(),
+            Err((what, e)) => self.failed(&format!("cannot {what} in {}: {e}", self.dir.display())),
+        }
+        for p in batch.iter().filter(|p| !Arc::ptr_eq(&p.waiter, own)) {
+            p.waiter.settle(settled);
+        }
+        remove(removed);
+        outcome.map_err(|_| why)
     }
 
     /// Makes file `number` at its full size: zeros, flushed, and its name
