@@ -375,8 +375,6 @@ struct State {
     /// wait for it, and it hands the flush of what came meanwhile on to one
     /// of them.
     flushing: bool,
-    /// Batches taken for a flush so far (`--fsync always`).
-    batches: u64,
     /// Written since the last flush (`--fsync periodic`).
     dirty: bool,
     /// A new file's name is not flushed into the directory yet.
@@ -466,21 +464,6 @@ struct Shared {
     visible: Condvar,
     /// Whether the last write or flush succeeded.
     up: AtomicBool,
-    /// Under `--fsync always`, the follower's hand-off: the leader of each
-    /// flush calls it with the batch, in the order the batches were taken
-    /// (no thread to wake per flush).
-    feed: Mutex<Feeding>,
-    /// Wakes a leader waiting for the batch before its own to be fed.
-    fed: Condvar,
-}
-
-/// What hands flushed frames on to the hub.
-type Feed = Box<dyn FnMut(&[SharedFrame]) + Send>;
-
-struct Feeding {
-    feed: Option<Feed>,
-    /// The number of the batch to be fed next.
-    next: u64,
 }
 
 /// The event log of `--data DIR`.
@@ -688,7 +671,6 @@ pub fn open(
             clock: newest.map(IdClock::after).unwrap_or_default(),
             unsynced: Vec::new(),
             flushing: false,
-            batches: 0,
             dirty: false,
             dir_unsynced: false,
             visible_id: newest,
@@ -706,11 +688,6 @@ pub fn open(
         prepared: fsync != Fsync::Never,
         visible: Condvar::new(),
         up: AtomicBool::new(true),
-        feed: Mutex::new(Feeding {
-            feed: None,
-            next: 0,
-        }),
-        fed: Condvar::new(),
     });
     let removed = shared.lock().retain(&shared);
     remove(removed);
@@ -1196,8 +1173,6 @@ impl Shared {
             st = self.flush.wait(st).unwrap_or_else(|e| e.into_inner());
         }
         let batch = std::mem::take(&mut st.unsynced);
-        let number = st.batches;
-        st.batches += 1;
         let records: Vec<(&[u8], EventId)> = batch.iter().map(|p| (&p.record[..], p.id)).collect();
         let written = st.write_records(self, &records);
         drop(records);
@@ -1245,18 +1220,6 @@ impl Shared {
         for p in batch.iter().filter(|p| !Arc::ptr_eq(&p.waiter, own)) {
             p.waiter.settle(settled);
         }
-        // Fed in the order taken: the leader before may still be feeding.
-        let mut feeding = self.feed.lock().unwrap_or_else(|e| e.into_inner());
-        while feeding.next != number {
-            feeding = self.fed.wait(feeding).unwrap_or_else(|e| e.into_inner());
-        }
-        if let (Some(feed), Ok(())) = (feeding.feed.as_mut(), &outcome) {
-            let frames: Vec<SharedFrame> = batch.into_iter().map(|p| p.frame).collect();
-            feed(&frames);
-        }
-        feeding.next += 1;
-        drop(feeding);
-        self.fed.notify_all();
         remove(removed);
         outcome.map_err(|_| why)
     }
@@ -1571,7 +1534,7 @@ impl Follower {
     /// log. Should it fall so far behind that retention removed events it
     /// had not handed on, every stream is ended, so that its client replays
     /// and learns of the gap.
-    pub fn start(self, hub: Arc<Hub>) -> io::Result<Option<thread::JoinHandle<()>>> {
+    pub fn start(self, hub: Arc<Hub>) -> io::Result<thread::JoinHandle<()>> {
         if let Some(at) = self.last {
             hub.follow_from(at);
         }
@@ -1588,26 +1551,15 @@ impl Follower {
         )
     }
 
-    /// Starts the follower: after each flush `feed` is called with the
-    /// newly durable frames, oldest first, and `lost` if the follower fell
-    /// so far behind that retention removed frames it had not handed on.
-    /// Under `--fsync always` the leader of each flush calls `feed`, so
-    /// nothing is ever lost and there is no thread (start it before the
-    /// first append); otherwise a thread follows the log until it is
-    /// dropped.
+    /// Starts the follower thread: after each flush it calls `feed` with
+    /// the newly durable frames, oldest first, and `lost` if it fell so far
+    /// behind that retention removed frames it had not handed on. It ends
+    /// when the log is dropped.
     pub fn spawn(
         self,
         mut feed: impl FnMut(&[SharedFrame]) + Send + 'static,
         mut lost: impl FnMut() + Send + 'static,
-    ) -> io::Result<Option<thread::JoinHandle<()>>> {
-        if self.shared.fsync == Fsync::Always {
-            self.shared
-                .feed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .feed = Some(Box::new(feed));
-            return Ok(None);
-        }
+    ) -> io::Result<thread::JoinHandle<()>> {
         thread::Builder::new()
             .name("disk-follower".into())
             .stack_size(256 * 1024)
@@ -1638,7 +1590,6 @@ impl Follower {
                     }
                 }
             })
-            .map(Some)
     }
 }
 
@@ -2279,11 +2230,7 @@ mod tests {
             assert_eq!(got, published, "{fsync:?}");
             assert!(got[0] > before.id);
             drop(Arc::into_inner(log).unwrap());
-            // Under `always` the leaders of the flushes feed: no thread.
-            assert_eq!(thread.is_some(), fsync != Fsync::Always);
-            if let Some(thread) = thread {
-                thread.join().unwrap();
-            }
+            thread.join().unwrap();
         }
     }
 
