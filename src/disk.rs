@@ -1417,8 +1417,12 @@ impl Shared {
                 spans[0].2 = live.clone().nth(i).expect("as many as firsts").start_for(a);
             }
         }
-        let gap_unless_known =
-            (after.is_some() && after != st.evicted_upto).then(|| firsts.first().copied());
+        // From the first event ever (`None`): a gap if any file was removed.
+        let gap_unless_known = match after {
+            Some(_) => after != st.evicted_upto,
+            None => st.evicted_upto.is_some(),
+        }
+        .then(|| firsts.first().copied());
         drop(st);
 
         let mut walk = Walk { spans, scan: None };

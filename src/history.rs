@@ -204,7 +204,11 @@ impl History {
     /// One page after `after` (see `Page`): O(log len + PAGE_SCAN).
     pub fn read(&self, after: Option<EventId>, topics: &TopicFilter, max_bytes: usize) -> Page {
         let (start, gap) = match after {
-            None => (0, None),
+            // From the first event ever: a gap if any was dropped.
+            None => (
+                0,
+                self.evicted_upto.map(|_| self.ring.front().map(|f| f.id)),
+            ),
             Some(after) if Some(after) == self.newest => {
                 return Page {
                     scanned: Some(after),

@@ -117,10 +117,12 @@ pub fn retry(ms: u64) -> Vec<u8> {
 }
 
 /// The event that tells a reconnecting client it missed events. It has no
-/// `id:` line, so the browser keeps its last event id.
-pub fn gap(last_event_id: EventId, oldest_available: Option<EventId>) -> Vec<u8> {
+/// `id:` line, so the browser keeps its last event id. `last_event_id` is
+/// null for a stream that had no id yet (it subscribed before the first
+/// event, and events owed to it were dropped before it read them).
+pub fn gap(last_event_id: Option<EventId>, oldest_available: Option<EventId>) -> Vec<u8> {
     let json = serde_json::json!({
-        "last_event_id": last_event_id.to_string(),
+        "last_event_id": last_event_id.map(|id| id.to_string()),
         "oldest_available": oldest_available.map(|id| id.to_string()),
     });
     format!("event: ssehub:gap\ndata: {json}\n\n").into_bytes()
@@ -193,7 +195,7 @@ mod tests {
 
     #[test]
     fn gap_event_has_no_id() {
-        let last = EventId { ms: 5, seq: 0 };
+        let last = Some(EventId { ms: 5, seq: 0 });
         assert_eq!(
             text(&gap(last, Some(EventId { ms: 9, seq: 1 }))),
             "event: ssehub:gap\ndata: {\"last_event_id\":\"5-0\",\"oldest_available\":\"9-1\"}\n\n"
@@ -201,6 +203,10 @@ mod tests {
         assert_eq!(
             text(&gap(last, None)),
             "event: ssehub:gap\ndata: {\"last_event_id\":\"5-0\",\"oldest_available\":null}\n\n"
+        );
+        assert_eq!(
+            text(&gap(None, Some(EventId { ms: 9, seq: 1 }))),
+            "event: ssehub:gap\ndata: {\"last_event_id\":null,\"oldest_available\":\"9-1\"}\n\n"
         );
     }
 }

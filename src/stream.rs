@@ -418,7 +418,14 @@ fn run(
                 };
                 let gap = match page.gap {
                     Some(oldest) if first_page => {
-                        p.last_event_id.map(|last| sse::gap(last, oldest))
+                        p.last_event_id.map(|last| sse::gap(Some(last), oldest))
+                    }
+                    Some(oldest) if cursor.is_none() => {
+                        // Subscribed before the first event, owed every
+                        // one, and some were dropped before it read them:
+                        // its client has no id to replay from, so it is
+                        // told here, and reads on from the oldest.
+                        Some(sse::gap(None, oldest))
                     }
                     Some(_) => {
                         // Fell behind the oldest retained event: its client
@@ -593,6 +600,80 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
         assert!(was_blocked.get());
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    /// A stream that subscribed before the first event and read nothing
+    /// before the history dropped some of what it was owed is told so with
+    /// `ssehub:gap` (no last id: it had none), then gets what is retained,
+    /// over a real socket.
+    #[test]
+    fn a_subscriber_from_before_the_first_event_learns_of_what_was_dropped() {
+        use crate::event::TopicFilter;
+        use crate::history::MemoryLog;
+        use crate::hub::{Hub, HubLimits, Peer};
+        use crate::sse::{Event, Frame};
+
+        let hub = Hub::new(
+            Box::new(MemoryLog::new(3, 1 << 20)),
+            HubLimits {
+                max_subscribers: 10,
+                client_queue: 2,
+            },
+        );
+        let (client, server) = pair();
+        let sub = hub
+            .subscribe(
+                TopicFilter::all(),
+                None,
+                server.as_raw_fd(),
+                Peer::default(),
+            )
+            .unwrap();
+        // Its thread has not started: the queue fills, the rest is left to
+        // the history, which keeps the last 3 of 10.
+        let ids: Vec<EventId> = (0..10)
+            .map(|i| hub.publish("t", None, &i.to_string()).unwrap().id)
+            .collect();
+        let hangups = Hangups::new().unwrap();
+        let p = StreamParams {
+            http10: true,
+            retry_ms: 1000,
+            heartbeat: Duration::from_secs(30),
+            fields: &[],
+            last_event_id: None,
+            expires: None,
+            hangups: &hangups,
+        };
+        let mut want = format!(
+            "event: ssehub:gap\ndata: {{\"last_event_id\":null,\"oldest_available\":\"{}\"}}\n\n",
+            ids[7]
+        )
+        .into_bytes();
+        for (i, id) in ids.iter().enumerate().skip(7) {
+            want.extend_from_slice(&Frame::new(*id, &Event::new("t", None, &i.to_string())).bytes);
+        }
+        let got = std::thread::scope(|scope| {
+            scope.spawn(|| serve(server, sub, &p));
+            client
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            let mut reader = &client;
+            while !got.ends_with(&want) {
+                match io::Read::read(&mut reader, &mut buf) {
+                    Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                    _ => break,
+                }
+            }
+            hub.close();
+            got
+        });
+        let text = String::from_utf8_lossy(&got);
+        let body = &text[text.find("\r\n\r\n").expect("a head") + 4..];
+        let (retry, events) = body.split_once("\n\n").expect("the retry line");
+        assert!(retry.starts_with("retry: "), "{body:?}");
+        assert_eq!(events, String::from_utf8_lossy(&want), "{body:?}");
     }
 
     #[test]
