@@ -35,7 +35,7 @@ const PAGE: &str = include_str!("index.html");
 /// The page may run only its own inline script and style, named by their
 /// SHA-256 (a test below recomputes them), and connect only to this hub.
 const PAGE_CSP: &str = "default-src 'none'; \
-    script-src 'sha256-zfqGC2CnMMzr4wnafcvOytTNT5F9ADy1HFAwqFbKBGE='; \
+    script-src 'sha256-ZfHpBJw7PZ6ZMTZdMS64BWoKAcVWwpIy79ymFAybYGk='; \
     style-src 'sha256-G/orvONol+I064mvXyucWfuvXzPseabpid4amfoxx/U='; \
     connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
