@@ -15,6 +15,7 @@ mod http;
 mod hub;
 mod limits;
 mod listener;
+mod logging;
 mod metrics;
 mod quiet;
 mod redis;
@@ -35,6 +36,8 @@ use hub::{Hub, HubLimits};
 /// Streams get this long to write their end before the process exits
 /// (SPEC: exit within 2 seconds).
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+/// How long an exit waits for its last log lines to reach stderr.
+const LAST_LINES: Duration = Duration::from_millis(200);
 
 /// The thread that feeds the hub from a followed log, to start once the hub
 /// exists.
@@ -52,7 +55,7 @@ fn main() {
             exit(2);
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    logging::init();
     limits::return_large_frees();
     if let Some(signed) = &config.signed {
         for skipped in &signed.keys.skipped {
@@ -84,7 +87,7 @@ fn main() {
             Ok((log, follower)) => (Box::new(log), Some(Follower::Redis(Box::new(follower)))),
             Err(e) => {
                 eprintln!("ssehub: error: {e}");
-                exit(1);
+                leave(1);
             }
         },
         (None, Some(dir)) => {
@@ -92,7 +95,7 @@ fn main() {
                 Ok((log, follower)) => (Box::new(log), Some(Follower::Disk(follower))),
                 Err(e) => {
                     eprintln!("ssehub: error: {e}");
-                    exit(1);
+                    leave(1);
                 }
             }
         }
@@ -109,7 +112,7 @@ fn main() {
                 "ssehub: error: --bind: cannot listen on {}: {e}",
                 config.bind
             );
-            exit(1);
+            leave(1);
         }
     };
     let addr = listener
@@ -142,7 +145,7 @@ fn main() {
         Ok(h) => h,
         Err(e) => {
             eprintln!("ssehub: error: cannot create an epoll set: {e}");
-            exit(1);
+            leave(1);
         }
     };
     let access = access::Access::new(config.access_rules());
@@ -193,7 +196,14 @@ fn main() {
         "stopped in {} ms ({left} streams still ending)",
         started.elapsed().as_millis()
     );
-    exit(0);
+    leave(0);
+}
+
+/// Exits once the lines logged so far are written (for a moment at most:
+/// a stderr nobody reads does not hold the exit up).
+fn leave(code: i32) -> ! {
+    logging::flush(LAST_LINES);
+    exit(code)
 }
 
 /// SIGHUP re-reads `--jwks` on a thread of its own; open streams are not
@@ -209,7 +219,7 @@ fn reload_on_sighup(app: Arc<App>) {
         Ok(signals) => signals,
         Err(e) => {
             eprintln!("ssehub: error: cannot handle SIGHUP: {e}");
-            exit(1);
+            leave(1);
         }
     };
     std::thread::Builder::new()

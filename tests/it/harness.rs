@@ -20,6 +20,8 @@ pub struct Hub {
     pub addr: SocketAddr,
     pub args: Vec<String>,
     log: Arc<Mutex<String>>,
+    /// Set when the test reads stderr only once it says so.
+    stderr_gate: Option<std::sync::mpsc::Sender<()>>,
 }
 
 /// Options for starting a hub beyond its arguments.
@@ -32,6 +34,9 @@ pub struct Start<'a> {
     pub bind: Option<SocketAddr>,
     /// Start the child in this cgroup (its `cgroup.procs`, NUL-terminated).
     pub cgroup_procs: Option<std::ffi::CString>,
+    /// Stop reading the child's stderr once it is listening, until
+    /// `Hub::read_stderr_again`: its pipe fills.
+    pub pause_stderr: bool,
 }
 
 impl Hub {
@@ -111,6 +116,8 @@ impl Hub {
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
+        let (gate, gated) = std::sync::mpsc::channel::<()>();
+        let paused = opts.pause_stderr;
         {
             let log = log.clone();
             thread::spawn(move || {
@@ -120,6 +127,9 @@ impl Hub {
                         let rest = &line[i + "listening on http://".len()..];
                         let addr = rest.split_whitespace().next().unwrap_or("").to_string();
                         let _ = tx.send(addr);
+                        if paused {
+                            let _ = gated.recv();
+                        }
                     }
                     let mut log = log.lock().unwrap();
                     log.push_str(&line);
@@ -143,6 +153,14 @@ impl Hub {
             addr,
             args: all,
             log,
+            stderr_gate: paused.then_some(gate),
+        }
+    }
+
+    /// Reads the child's stderr again (see `Start::pause_stderr`).
+    pub fn read_stderr_again(&mut self) {
+        if let Some(gate) = self.stderr_gate.take() {
+            let _ = gate.send(());
         }
     }
 

@@ -411,7 +411,7 @@ fn twenty_thousand_connect_close_cycles_leak_nothing() {
         == 0));
     let settle = |hub: &Hub| {
         poll(Duration::from_secs(10), || {
-            hub.metric("ssehub_connections") <= 1 && hub.usage().threads <= 5
+            hub.metric("ssehub_connections") <= 1 && hub.usage().threads <= 6
         })
     };
     assert!(settle(&hub));
@@ -552,4 +552,38 @@ fn a_flood_of_bad_requests_logs_a_few_lines_that_add_up() {
         hub.log()
     );
     unharmed(&hub, 1);
+}
+
+/// A stderr nobody reads (its pipe full) holds up no connection: log lines
+/// past the queue are dropped, and counted once stderr is read again.
+#[test]
+fn a_stderr_nobody_reads_holds_up_no_one() {
+    let mut hub = Hub::start_with(
+        &[],
+        Start {
+            env: vec![("RUST_LOG", "debug")],
+            pause_stderr: true,
+            ..Start::default()
+        },
+    );
+    // Each stream logs as it opens and as it closes (at debug): 3,000 of
+    // them write far more than a pipe holds.
+    for _ in 0..3000 {
+        let mut s = hub.subscribe("/events?topic=t", "");
+        s.next_block();
+        s.close();
+    }
+    let mut sub = hub.subscribe("/events?topic=t", "");
+    sub.next_block();
+    hub.publish("t", "still here");
+    assert_eq!(sub.next_event().data, "still here");
+    hub.read_stderr_again();
+    assert!(
+        hub.wait_log(
+            "log lines dropped: stderr was not read",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        hub.log()
+    );
 }
