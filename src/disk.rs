@@ -37,8 +37,15 @@ use crate::sse::{Event, Frame, SharedFrame};
 const HEADER: usize = 8;
 /// The payload before its strings: the id (ms, seq: u64 each), then the
 /// lengths of the topic and the event name (u16 each; 0 for no name), then
-/// topic, name and data, all UTF-8.
+/// topic, name and data, all UTF-8. The top bit of the name's length marks
+/// the first record of a write (`STARTS_WRITE`).
 const FIXED: usize = 20;
+/// In the name's length: this record starts a write. Only the last write
+/// can be torn by a crash (each write is flushed before the next is made,
+/// under `--fsync always`), so damage followed by intact records of the
+/// same write is a torn write, and damage followed by the start of a later
+/// write is damage.
+const STARTS_WRITE: u16 = 0x8000;
 /// The largest payload read back: the largest event `--max-event-bytes`
 /// allows and its names. Anything longer is damage.
 const MAX_PAYLOAD: usize = FIXED + 2 * event::MAX_NAME_BYTES + (64 << 20);
@@ -107,6 +114,8 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> OpenError + '_ {
 #[derive(Debug)]
 struct Record<'a> {
     id: EventId,
+    /// The first record of a write (see `STARTS_WRITE`).
+    starts_write: bool,
     topic: &'a str,
     name: Option<&'a str>,
     data: &'a str,
@@ -145,6 +154,13 @@ fn seal(record: &mut [u8], id: EventId) {
     record[4..8].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Marks a sealed record as the first of a write, and seals it again.
+fn mark_start(record: &mut [u8]) {
+    record[HEADER + 19] |= (STARTS_WRITE >> 8) as u8;
+    let crc = checksum(&record[..4], &record[HEADER..]);
+    record[4..8].copy_from_slice(&crc.to_le_bytes());
+}
+
 fn checksum(len: &[u8], payload: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(len);
@@ -167,7 +183,8 @@ fn parse(record: &[u8]) -> Result<Record<'_>, &'static str> {
         return Err("checksum mismatch");
     }
     let topic_len = u16::from_le_bytes([p[16], p[17]]) as usize;
-    let name_len = u16::from_le_bytes([p[18], p[19]]) as usize;
+    let name_field = u16::from_le_bytes([p[18], p[19]]);
+    let name_len = (name_field & !STARTS_WRITE) as usize;
     let rest = &p[FIXED..];
     if topic_len + name_len > rest.len() {
         return Err("lengths beyond the record");
@@ -187,6 +204,7 @@ fn parse(record: &[u8]) -> Result<Record<'_>, &'static str> {
             ms: u64_at(p, 0),
             seq: u64_at(p, 8),
         },
+        starts_write: name_field & STARTS_WRITE != 0,
         topic,
         name: (!name.is_empty()).then_some(name),
         data,
@@ -504,14 +522,14 @@ fn lock(dir: &Path) -> Result<File, OpenError> {
 
 /// Whether an intact record starts anywhere in `file` after `offset`: then
 /// the damage at `offset` is not the torn end of the log.
-fn intact_after(file: &File, offset: u64, len: u64) -> io::Result<bool> {
+fn intact_after(file: &File, offset: u64, len: u64, starts_only: bool) -> io::Result<bool> {
     let mut rest = vec![0; (len - offset) as usize];
     file.read_exact_at(&mut rest, offset)?;
     Ok((1..rest.len().saturating_sub(HEADER + FIXED - 1)).any(|i| {
         let n = u32_at(&rest, i) as usize;
         (FIXED..=MAX_PAYLOAD).contains(&n)
             && i + HEADER + n <= rest.len()
-            && parse(&rest[i..i + HEADER + n]).is_ok()
+            && parse(&rest[i..i + HEADER + n]).is_ok_and(|r| r.starts_write || !starts_only)
     }))
 }
 
@@ -559,10 +577,14 @@ fn load(
     seg.alloc = len;
     let mut scan = Scan::new(seg.file.clone(), 0, len);
     scan.buf.reserve(1 << 20);
+    // Whether the file marks where writes start (files of earlier versions
+    // do not: there any intact record after damage makes it damage).
+    let mut marked = false;
     let damage = loop {
         match scan.next() {
             Ok(None) => break None,
             Ok(Some((at, record))) => {
+                marked |= record.starts_write;
                 if Some(record.id) <= *newest {
                     break Some((at, "id not above the one before"));
                 }
@@ -580,8 +602,10 @@ fn load(
         None => true,
     };
     if let Some((offset, why)) = damage.filter(|_| !clean_end) {
-        let torn =
-            newest_file && !intact_after(&seg.file, offset, len).map_err(io_at(&seg.path))?;
+        // Torn: no write starts after the damage (with marks), or no
+        // record at all is intact after it (without).
+        let torn = newest_file
+            && !intact_after(&seg.file, offset, len, marked).map_err(io_at(&seg.path))?;
         if !torn {
             return Err(OpenError::Damaged {
                 file: seg.path,
@@ -590,7 +614,7 @@ fn load(
             });
         }
         log::warn!(
-            "event log: cut off a record torn at offset {offset} of {} ({why}, {} bytes): \
+            "event log: cut off a write torn at offset {offset} of {} ({why}, {} bytes): \
              it was never answered",
             seg.path.display(),
             len - offset
@@ -809,15 +833,10 @@ impl State {
                 })
                 .count();
             let (these, after) = rest.split_at(n);
-            let bytes: &[u8] = match these {
-                [(one, _)] => one,
-                _ => {
-                    joined.clear();
-                    these.iter().for_each(|(r, _)| joined.extend_from_slice(r));
-                    &joined
-                }
-            };
-            if let Err(e) = seg.file.write_all_at(bytes, at) {
+            joined.clear();
+            these.iter().for_each(|(r, _)| joined.extend_from_slice(r));
+            mark_start(&mut joined[..these[0].0.len()]);
+            if let Err(e) = seg.file.write_all_at(&joined, at) {
                 seg.cut = seg.file.set_len(at).is_err();
                 seg.alloc = seg.alloc.min(at);
                 return Err(e);
@@ -1787,6 +1806,72 @@ mod tests {
         io::Write::write_all(&mut &f, &[0; 100]).unwrap();
         let log = open_log(&dir, 100, 1 << 20, Fsync::Always);
         assert_eq!(log.len(), 5);
+    }
+
+    /// One write of two records, torn by a power cut so that the first is
+    /// damaged and the second intact (the disk persists a write's sectors
+    /// in any order): it was never flushed, so never answered, and is cut
+    /// off. The same damage with a later write after it is damage.
+    #[test]
+    fn a_write_torn_in_its_first_record_is_cut_off_whole() {
+        let dir = TempDir::new("torn-write");
+        let log = Arc::new(open_log(&dir, 100, 1 << 20, Fsync::Always));
+        let kept: Vec<EventId> = (0..3)
+            .map(|i| publish(&log, "t", &i.to_string()).id)
+            .collect();
+        let file = written_files(&dir).pop().unwrap();
+        let batch_at = records_end(&file);
+        // Two appenders, one flush: one write of two records.
+        log.shared.lock().hold = true;
+        let appenders: Vec<_> = (0..2)
+            .map(|i| {
+                let log = log.clone();
+                thread::spawn(move || publish(&log, "t", &format!("batch {i}")))
+            })
+            .collect();
+        assert!(poll(|| log.shared.lock().unsynced.len() == 2));
+        log.shared.lock().hold = false;
+        log.shared.flush.notify_all();
+        for a in appenders {
+            a.join().unwrap();
+        }
+        drop(Arc::into_inner(log).unwrap());
+        let damage = |at: u64| {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&file)
+                .unwrap();
+            let mut b = [0u8; 1];
+            f.read_exact_at(&mut b, at).unwrap();
+            f.write_all_at(&[b[0] ^ 0xff], at).unwrap();
+        };
+        // The first record of the write: its data's last byte.
+        let first_len = HEADER as u64 + {
+            let mut len = [0u8; 4];
+            File::open(&file)
+                .unwrap()
+                .read_exact_at(&mut len, batch_at)
+                .unwrap();
+            u32::from_le_bytes(len) as u64
+        };
+        damage(batch_at + first_len - 1);
+        let log = open_log(&dir, 100, 1 << 20, Fsync::Always);
+        assert_eq!(log.len(), 3);
+        let (_, read) = read_all(&log, kept[0], &TopicFilter::all());
+        assert_eq!(read, kept[1..]);
+        // Damage in an older write, with a whole write after it, stops the
+        // start.
+        let next = publish(&log, "t", "after").id;
+        drop(log);
+        // The last byte of the record before the torn write: the write of
+        // `next` went where the torn one was.
+        damage(batch_at - 1);
+        match open(&dir.0, 100, 1 << 20, Fsync::Always) {
+            Err(OpenError::Damaged { offset, .. }) => assert!(offset < batch_at),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("opened over damage; next was {next}"),
+        }
     }
 
     /// Files get their size up front: the zeros after the last record are

@@ -275,7 +275,7 @@ fn a_torn_tail_is_cut_off_with_a_warning() {
     std::os::unix::fs::FileExt::write_all_at(&file, &[0; 3], end as u64 - 3).unwrap();
 
     let hub = start(&dir, &[]);
-    assert!(hub.log().contains("cut off a record torn"), "{}", hub.log());
+    assert!(hub.log().contains("cut off a write torn"), "{}", hub.log());
     let (events, sentinel) = replay_all(&hub);
     let got: Vec<&String> = events.iter().map(|(id, _)| id).collect();
     assert_eq!(got, ids[..4].iter().collect::<Vec<_>>());
