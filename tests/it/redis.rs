@@ -729,3 +729,49 @@ fn an_end_on_a_ends_the_streams_of_b_and_b_answers_204() {
     let r = c.post("/events?topic=job", b"late", "");
     assert_eq!(r.status, 410, "{}", r.text());
 }
+
+/// Signed tokens through Redis: a stream on one process, from a token that
+/// grants `users/1/*`, replays and receives live only the events of its
+/// grants, whatever process they were published on.
+#[test]
+fn grants_filter_replay_and_live_events_across_processes() {
+    use crate::tokens::{grants, hs256, SECRET};
+    let Some(redis) = Redis::start() else { return };
+    let args = ["--redis", &redis.url(), "--jwt-secret", SECRET];
+    let a = Hub::start(&args);
+    let b = Hub::start(&args);
+    let admin = format!("Authorization: Bearer {}\r\n", hs256(&grants(&["*"], &[])));
+    let narrow = format!(
+        "Authorization: Bearer {}\r\n",
+        hs256(&grants(&[], &["users/1/*"]))
+    );
+    let publish = |topic: &str, data: &str| {
+        let r = a.post(&format!("/events?topic={topic}"), data.as_bytes(), &admin);
+        assert_eq!(r.status, 200, "{r:?}");
+    };
+    for (topic, data) in [
+        ("users/1/a", "mine 1"),
+        ("users/2/a", "theirs"),
+        ("secret", "secret"),
+        ("users/1/b", "mine 2"),
+    ] {
+        publish(topic, data);
+    }
+    let mut sub = b.subscribe("/events?lastEventId=0-0", &narrow);
+    sub.next_block();
+    let mut data = || loop {
+        let ev = sub.next_event();
+        if ev.event.as_deref() != Some("ssehub:gap") {
+            return ev.data;
+        }
+    };
+    assert_eq!([data(), data()], ["mine 1", "mine 2"]);
+    publish("users/2/b", "live, theirs");
+    publish("users/1/c", "live, mine");
+    assert_eq!(data(), "live, mine");
+    // Another user's topic, asked for by name, is refused on either process.
+    for hub in [&a, &b] {
+        let refused = hub.try_subscribe("/events?topic=users/2/a", &narrow);
+        assert_eq!(refused.head.status, 403);
+    }
+}
