@@ -83,8 +83,20 @@ impl Redis {
                 return false;
             }
             if self.try_command(&["PING"]).as_deref() == Some("+PONG") {
-                self.child = Some(child);
-                return true;
+                // The port may have been taken by another test's server
+                // between our probe and our bind: that one answers too.
+                let ours = format!("process_id:{}", child.id());
+                if self
+                    .bulk(&["INFO", "server"])
+                    .lines()
+                    .any(|l| l.trim() == ours)
+                {
+                    self.child = Some(child);
+                    return true;
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
             }
             thread::sleep(Duration::from_millis(10));
         }
