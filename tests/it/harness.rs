@@ -566,16 +566,28 @@ impl Chunked {
         if self.ended {
             return Ok(None);
         }
-        let size = usize::from_str_radix(&self.line(s)?, 16).expect("chunk size");
+        // Nothing is consumed until the whole chunk is here: a read that
+        // times out half-way leaves the reader where it was.
+        let (line, size) = loop {
+            if let Some(i) = self.raw.windows(2).position(|w| w == b"\r\n") {
+                let size = std::str::from_utf8(&self.raw[..i])
+                    .ok()
+                    .and_then(|l| usize::from_str_radix(l, 16).ok())
+                    .expect("chunk size");
+                break (i + 2, size);
+            }
+            self.more(s)?;
+        };
         if size == 0 {
+            self.raw.drain(..line);
             assert_eq!(self.line(s)?, "", "no trailer expected");
             self.ended = true;
             return Ok(None);
         }
-        while self.raw.len() < size + 2 {
+        while self.raw.len() < line + size + 2 {
             self.more(s)?;
         }
-        let mut data: Vec<u8> = self.raw.drain(..size + 2).collect();
+        let mut data: Vec<u8> = self.raw.drain(..line + size + 2).skip(line).collect();
         assert_eq!(&data[size..], b"\r\n", "chunk not followed by CRLF");
         data.truncate(size);
         Ok(Some(data))

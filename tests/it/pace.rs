@@ -224,6 +224,11 @@ pub fn the_seam_loses_and_repeats_nothing(hubs: &[&Hub]) {
     let stop = Arc::new(AtomicBool::new(false));
     let seen: Vec<Arc<Mutex<Vec<String>>>> =
         (0..20).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
+    // Each subscriber's connections, for a failure message: the hub, the
+    // last id it gave, and the ids it got there.
+    type Connections = Vec<(usize, Option<String>, Vec<String>)>;
+    let connections: Vec<Arc<Mutex<Connections>>> =
+        (0..20).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
     // Every subscriber is registered before the first publish.
     let ready = std::sync::Barrier::new(seen.len() + 1);
     let published: Vec<String> = thread::scope(|s| {
@@ -233,11 +238,17 @@ pub fn the_seam_loses_and_repeats_nothing(hubs: &[&Hub]) {
             .enumerate()
             .map(|(i, seen)| {
                 let stop = stop.clone();
+                let connections = connections[i].clone();
                 s.spawn(move || {
                     let mut round = i;
                     let mut last: Option<String> = None;
                     loop {
                         let hub = hubs[round % hubs.len()];
+                        connections.lock().unwrap().push((
+                            round % hubs.len(),
+                            last.clone(),
+                            Vec::new(),
+                        ));
                         let header = last
                             .as_ref()
                             .map_or(String::new(), |id| format!("Last-Event-ID: {id}\r\n"));
@@ -249,10 +260,33 @@ pub fn the_seam_loses_and_repeats_nothing(hubs: &[&Hub]) {
                         round += 1;
                         // A few events per connection, more as the run goes.
                         for _ in 0..(7 + round % 50) {
-                            let Ok(ev) = sub.try_next_event() else { break };
+                            // Without an id yet, a reconnect would be a new
+                            // subscriber, owed only what comes after it: a
+                            // read that timed out (a loaded machine) reads
+                            // on; a stream the hub ended is reconnected.
+                            let next = loop {
+                                match sub.try_next_event() {
+                                    Err(e)
+                                        if last.is_none()
+                                            && !stop.load(Ordering::Relaxed)
+                                            && matches!(
+                                                e.kind(),
+                                                std::io::ErrorKind::WouldBlock
+                                                    | std::io::ErrorKind::TimedOut
+                                            ) =>
+                                    {
+                                        continue
+                                    }
+                                    other => break other,
+                                }
+                            };
+                            let Ok(ev) = next else { break };
                             assert_ne!(ev.event.as_deref(), Some("ssehub:gap"), "{}", ev.raw);
                             let id = ev.id.expect("an id");
                             seen.lock().unwrap().push(id.clone());
+                            if let Some(c) = connections.lock().unwrap().last_mut() {
+                                c.2.push(id.clone());
+                            }
                             last = Some(id);
                             if stop.load(Ordering::Relaxed) {
                                 break;
@@ -312,7 +346,27 @@ pub fn the_seam_loses_and_repeats_nothing(hubs: &[&Hub]) {
             .filter(|id| want.contains(&id_key(id)))
             .cloned()
             .collect();
-        exactly_once_in_order(&format!("subscriber {i}"), &got, &want);
+        let have: BTreeSet<(u64, u64)> = got.iter().map(|id| id_key(id)).collect();
+        let missing = want.difference(&have).next().copied();
+        let context = missing.map_or(String::new(), |m| {
+            let cons = connections[i].lock().unwrap();
+            let at = cons
+                .iter()
+                .position(|c| c.2.last().is_some_and(|l| id_key(l) > m))
+                .unwrap_or(cons.len().saturating_sub(1));
+            cons[at.saturating_sub(2)..(at + 2).min(cons.len())]
+                .iter()
+                .map(|(hub, last, got)| {
+                    format!(
+                        "\n  hub {hub}, Last-Event-ID {last:?}: {} ids, {:?} .. {:?}",
+                        got.len(),
+                        got.first(),
+                        got.last()
+                    )
+                })
+                .collect::<String>()
+        });
+        exactly_once_in_order(&format!("subscriber {i}{context}\n"), &got, &want);
     }
 }
 
