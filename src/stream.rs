@@ -377,6 +377,8 @@ fn run(
     let mut replaying = sub.replay;
     let mut first_page = replaying;
     let mut last_write = Instant::now();
+    // Whether the client has an id from this stream (or its own).
+    let mut has_id = p.last_event_id.is_some();
     let mut batch: Vec<SharedFrame> = Vec::new();
     // Whether `f`, once written, leaves every topic of the stream ended:
     // nothing is written after it.
@@ -413,6 +415,12 @@ fn run(
                         log::debug!(
                             "cannot read the event log ({e}): the stream ends, to be resumed"
                         );
+                        // A client with no id yet could not resume: it gets
+                        // its position, an id with no data (EventSource
+                        // keeps it as its last event id, dispatches nothing).
+                        if let Some(at) = cursor.filter(|_| !has_id) {
+                            w.chunk(&[format!("id: {at}\n\n").as_bytes()], &blocked)?;
+                        }
                         return Ok(());
                     }
                 };
@@ -448,6 +456,7 @@ fn run(
                 parts.extend(frames.iter().map(|f| &*f.bytes));
                 w.chunk(&parts, &blocked)?;
                 delivered(frames.len());
+                has_id |= !frames.is_empty();
                 sub.read_back(frames.len());
                 if !parts.is_empty() {
                     last_write = Instant::now();
@@ -498,6 +507,7 @@ fn run(
                 }
                 w.chunk_of(batch.iter().map(|f| &*f.bytes), &blocked)?;
                 delivered(batch.len());
+                has_id |= !batch.is_empty();
                 if let Some(at) = cursor.filter(|_| !batch.is_empty()) {
                     sub.set_position(at);
                     last_write = Instant::now();
@@ -674,6 +684,93 @@ mod tests {
         let (retry, events) = body.split_once("\n\n").expect("the retry line");
         assert!(retry.starts_with("retry: "), "{body:?}");
         assert_eq!(events, String::from_utf8_lossy(&want), "{body:?}");
+    }
+
+    /// A stream whose log read fails before it wrote any event, for a
+    /// client that gave no id, ends with its position as an id with no
+    /// data: the client resumes from it instead of starting over.
+    #[test]
+    fn a_stream_ended_before_its_first_event_gives_its_client_a_position() {
+        use crate::event::TopicFilter;
+        use crate::history::{EventLog, LogError, MemoryLog, Page};
+        use crate::hub::{Hub, HubLimits, Peer};
+        use crate::sse::Event;
+
+        /// Memory whose reads fail, as a Redis page read can under load.
+        struct Unreadable(MemoryLog);
+        impl EventLog for Unreadable {
+            fn append(&self, event: &Event) -> Result<SharedFrame, LogError> {
+                self.0.append(event)
+            }
+            fn read(
+                &self,
+                _: Option<EventId>,
+                _: &TopicFilter,
+                _: usize,
+            ) -> Result<Page, LogError> {
+                Err(LogError("redis busy".into()))
+            }
+            fn oldest(&self) -> Option<EventId> {
+                self.0.oldest()
+            }
+            fn len(&self) -> usize {
+                self.0.len()
+            }
+            fn followed(&self) -> bool {
+                false
+            }
+            fn up(&self) -> bool {
+                true
+            }
+            fn store(&self) -> &'static str {
+                "test"
+            }
+        }
+
+        let hub = Hub::new(
+            Box::new(Unreadable(MemoryLog::new(100, 1 << 20))),
+            HubLimits {
+                max_subscribers: 10,
+                client_queue: 2,
+            },
+        );
+        let before = hub.publish("t", None, "before").unwrap().id;
+        let (client, server) = pair();
+        let sub = hub
+            .subscribe(
+                TopicFilter::all(),
+                None,
+                server.as_raw_fd(),
+                Peer::default(),
+            )
+            .unwrap();
+        // More than its queue: it is behind, and must read the log.
+        for i in 0..5 {
+            hub.publish("t", None, &i.to_string()).unwrap();
+        }
+        let hangups = Hangups::new().unwrap();
+        let p = StreamParams {
+            http10: true,
+            retry_ms: 1000,
+            heartbeat: Duration::from_secs(30),
+            fields: &[],
+            last_event_id: None,
+            expires: None,
+            hangups: &hangups,
+        };
+        std::thread::scope(|scope| {
+            scope.spawn(|| serve(server, sub, &p));
+            client
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut got = Vec::new();
+            io::Read::read_to_end(&mut &client, &mut got).unwrap();
+            let text = String::from_utf8_lossy(&got);
+            let body = &text[text.find("\r\n\r\n").expect("a head") + 4..];
+            let (retry, rest) = body.split_once("\n\n").expect("the retry line");
+            assert!(retry.starts_with("retry: "), "{body:?}");
+            assert_eq!(rest, format!("id: {before}\n\n"), "{body:?}");
+        });
     }
 
     #[test]
