@@ -612,48 +612,64 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 
-    /// A stream that subscribed before the first event and read nothing
-    /// before the history dropped some of what it was owed is told so with
-    /// `ssehub:gap` (no last id: it had none), then gets what is retained,
-    /// over a real socket.
-    #[test]
-    fn a_subscriber_from_before_the_first_event_learns_of_what_was_dropped() {
-        use crate::event::TopicFilter;
-        use crate::history::MemoryLog;
-        use crate::hub::{Hub, HubLimits, Peer};
-        use crate::sse::{Event, Frame};
-
-        let hub = Hub::new(
-            Box::new(MemoryLog::new(3, 1 << 20)),
-            HubLimits {
+    /// A hub of 10 subscribers at most, with a queue of 2 each.
+    fn small_hub(log: Box<dyn crate::history::EventLog>) -> crate::hub::Hub {
+        crate::hub::Hub::new(
+            log,
+            crate::hub::HubLimits {
                 max_subscribers: 10,
                 client_queue: 2,
             },
-        );
-        let (client, server) = pair();
-        let sub = hub
-            .subscribe(
-                TopicFilter::all(),
-                None,
-                server.as_raw_fd(),
-                Peer::default(),
-            )
-            .unwrap();
-        // Its thread has not started: the queue fills, the rest is left to
-        // the history, which keeps the last 3 of 10.
-        let ids: Vec<EventId> = (0..10)
-            .map(|i| hub.publish("t", None, &i.to_string()).unwrap().id)
-            .collect();
-        let hangups = Hangups::new().unwrap();
-        let p = StreamParams {
+        )
+    }
+
+    /// A subscription to every topic, from no id, on `server`'s socket.
+    fn subscribed<'h>(
+        hub: &'h crate::hub::Hub,
+        server: &TcpStream,
+    ) -> crate::hub::Subscription<'h> {
+        hub.subscribe(
+            crate::event::TopicFilter::all(),
+            None,
+            server.as_raw_fd(),
+            crate::hub::Peer::default(),
+        )
+        .unwrap()
+    }
+
+    /// An HTTP/1.0 stream (no chunks to decode) for a client that gave no
+    /// id.
+    fn unchunked_without_id(hangups: &Hangups) -> StreamParams<'_> {
+        StreamParams {
             http10: true,
             retry_ms: 1000,
             heartbeat: Duration::from_secs(30),
             fields: &[],
             last_event_id: None,
             expires: None,
-            hangups: &hangups,
-        };
+            hangups,
+        }
+    }
+
+    /// A stream that subscribed before the first event and read nothing
+    /// before the history dropped some of what it was owed is told so with
+    /// `ssehub:gap` (no last id: it had none), then gets what is retained,
+    /// over a real socket.
+    #[test]
+    fn a_subscriber_from_before_the_first_event_learns_of_what_was_dropped() {
+        use crate::history::MemoryLog;
+        use crate::sse::{Event, Frame};
+
+        let hub = small_hub(Box::new(MemoryLog::new(3, 1 << 20)));
+        let (client, server) = pair();
+        let sub = subscribed(&hub, &server);
+        // Its thread has not started: the queue fills, the rest is left to
+        // the history, which keeps the last 3 of 10.
+        let ids: Vec<EventId> = (0..10)
+            .map(|i| hub.publish("t", None, &i.to_string()).unwrap().id)
+            .collect();
+        let hangups = Hangups::new().unwrap();
+        let p = unchunked_without_id(&hangups);
         let mut want = format!(
             "event: ssehub:gap\ndata: {{\"last_event_id\":null,\"oldest_available\":\"{}\"}}\n\n",
             ids[7]
@@ -693,7 +709,6 @@ mod tests {
     fn a_stream_ended_before_its_first_event_gives_its_client_a_position() {
         use crate::event::TopicFilter;
         use crate::history::{EventLog, LogError, MemoryLog, Page};
-        use crate::hub::{Hub, HubLimits, Peer};
         use crate::sse::Event;
 
         /// Memory whose reads fail, as a Redis page read can under load.
@@ -727,37 +742,16 @@ mod tests {
             }
         }
 
-        let hub = Hub::new(
-            Box::new(Unreadable(MemoryLog::new(100, 1 << 20))),
-            HubLimits {
-                max_subscribers: 10,
-                client_queue: 2,
-            },
-        );
+        let hub = small_hub(Box::new(Unreadable(MemoryLog::new(100, 1 << 20))));
         let before = hub.publish("t", None, "before").unwrap().id;
         let (client, server) = pair();
-        let sub = hub
-            .subscribe(
-                TopicFilter::all(),
-                None,
-                server.as_raw_fd(),
-                Peer::default(),
-            )
-            .unwrap();
+        let sub = subscribed(&hub, &server);
         // More than its queue: it is behind, and must read the log.
         for i in 0..5 {
             hub.publish("t", None, &i.to_string()).unwrap();
         }
         let hangups = Hangups::new().unwrap();
-        let p = StreamParams {
-            http10: true,
-            retry_ms: 1000,
-            heartbeat: Duration::from_secs(30),
-            fields: &[],
-            last_event_id: None,
-            expires: None,
-            hangups: &hangups,
-        };
+        let p = unchunked_without_id(&hangups);
         std::thread::scope(|scope| {
             scope.spawn(|| serve(server, sub, &p));
             client
