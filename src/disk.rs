@@ -1207,13 +1207,12 @@ impl Shared {
                 synced.map(|()| (extent, file)).map_err(|e| ("flush", e))
             }
         };
-        let (settled, outcome, removed) = match result {
+        let outcome = match result {
             Ok((extent, file)) => {
                 let frames = batch.iter().map(|p| p.frame.clone()).collect();
                 st.reveal(&file, extent, frames);
-                let removed = st.retain(self);
                 self.visible.notify_all();
-                (DURABLE, Ok(()), removed)
+                Ok(st.retain(self))
             }
             Err((what, e)) => {
                 // Written or not, flushed or not: none of the batch is kept.
@@ -1222,25 +1221,32 @@ impl Shared {
                     seg.revert();
                 }
                 st.failure = format!("event log: cannot {what}: {e}");
-                (FAILED, Err((what, e)), Vec::new())
+                Err((
+                    st.failure.clone(),
+                    format!("cannot {what} in {}: {e}", self.dir.display()),
+                ))
             }
         };
-        let why = st.failure.clone();
         let next = st.unsynced.first().map(|p| p.waiter.clone());
         st.flushing = next.is_some();
         drop(st);
         if let Some(next) = next {
             next.settle(LEAD);
         }
-        match &outcome {
-            Ok(()) => self.succeeded(),
-            Err((what, e)) => self.failed(&format!("cannot {what} in {}: {e}", self.dir.display())),
-        }
+        let settled = match &outcome {
+            Ok(_) => {
+                self.succeeded();
+                DURABLE
+            }
+            Err((_, complaint)) => {
+                self.failed(complaint);
+                FAILED
+            }
+        };
         for p in batch.iter().filter(|p| !Arc::ptr_eq(&p.waiter, own)) {
             p.waiter.settle(settled);
         }
-        remove(removed);
-        outcome.map_err(|_| why)
+        outcome.map(remove).map_err(|(why, _)| why)
     }
 
     /// Makes file `number` at its full size: zeros, flushed, and its name

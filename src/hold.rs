@@ -30,21 +30,13 @@ impl Hold {
     /// `progress`. Returns how long it waited.
     pub fn wait_while(&self, behind: impl Fn() -> bool) -> Duration {
         let started = Instant::now();
-        let deadline = started + MAX_HOLD;
         self.waiting.fetch_add(1, Ordering::SeqCst);
-        let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        while behind() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            guard = self
-                .caught_up
-                .wait_timeout(guard, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        drop(guard);
+        let guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let waited = self
+            .caught_up
+            .wait_timeout_while(guard, MAX_HOLD, |_| behind())
+            .unwrap_or_else(|e| e.into_inner());
+        drop(waited);
         self.waiting.fetch_sub(1, Ordering::AcqRel);
         started.elapsed()
     }

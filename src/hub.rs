@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -815,20 +815,12 @@ impl Hub {
     /// Waits until every subscription has ended or `timeout` has passed;
     /// returns how many are still open.
     pub fn wait_streams_ended(&self, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
-        let mut inner = self.lock();
-        while self.streams.load(Ordering::Acquire) > 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            inner = self
-                .stream_ended
-                .wait_timeout(inner, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        drop(inner);
+        let inner = self.lock();
+        let waited = self
+            .stream_ended
+            .wait_timeout_while(inner, timeout, |_| self.streams.load(Ordering::Acquire) > 0)
+            .unwrap_or_else(|e| e.into_inner());
+        drop(waited);
         self.streams.load(Ordering::Acquire)
     }
 
@@ -855,6 +847,7 @@ impl Hub {
 mod tests {
     use super::*;
     use crate::history::{MemoryLog, PAGE_BYTES};
+    use std::time::Instant;
 
     fn hub(max_subscribers: usize, client_queue: usize) -> Hub {
         Hub::new(
