@@ -324,6 +324,11 @@ impl Subscription<'_> {
         self.hub.log.read(after, &self.topics, max_bytes)
     }
 
+    /// Whether the event log is reachable (Redis up, the files writable).
+    pub fn log_up(&self) -> bool {
+        self.hub.log_up()
+    }
+
     /// The stream gives up on its client (it fell off the history, or took
     /// no data for two heartbeats): out of the registry and counted as
     /// evicted now, before its thread has closed the socket. Counted even

@@ -278,7 +278,8 @@ impl EventLog for RedisLog {
     /// the stream is no gap; any other is one, with the first entry as
     /// `oldest_available` (Redis keeps no record of the last entry it
     /// trimmed, so a client holding exactly that id is told of a gap too).
-    /// With `--history 0` only the newest id is no gap, and nothing is read.
+    /// From the start (no id, or `0-0`) it is a gap only if anything was
+    /// ever trimmed. With `--history 0` only the newest id is no gap, and nothing is read.
     /// A page asks for as many entries as fit `max_bytes` at the sizes seen
     /// lately, so a stream of large events is not read whole into memory.
     fn read(
@@ -300,7 +301,17 @@ impl EventLog for RedisLog {
         // Built, parsed and decoded on the pool thread (see `Pool`).
         self.shared.pages.run(move |con| {
             let replies: Vec<Value> = read.pipeline().query(con)?;
-            Ok(read.page(replies, &shared))
+            let from_start =
+                read.history > 0 && read.after.is_none_or(|a| a == EventId { ms: 0, seq: 0 });
+            let mut page = read.page(replies, &shared);
+            // The start is no gap while nothing was ever trimmed: one more
+            // look-up, for a stream that began on an empty Redis stream.
+            // (With `--history 0` nothing is retained: approximate trimming
+            // may keep entries, but a stream that missed any had a gap.)
+            if from_start && page.gap.is_some() && !ever_removed(con)? {
+                page.gap = None;
+            }
+            Ok(page)
         })
     }
 
@@ -390,8 +401,13 @@ impl PageRead {
             page.gap = (!found).then(|| first.first().map(|(id, _)| *id));
         } else if self.history == 0 {
             page.scanned = read.first().map(|(id, _)| *id);
+            page.gap = page.scanned.map(Some);
             page.end = true;
             return page;
+        } else if self.after.is_none() {
+            // From the first event ever: the first retained one tells of a
+            // gap if anything before it was trimmed (`ever_removed`).
+            page.gap = read.first().map(|(id, _)| Some(*id));
         }
         page.end = read.len() < self.count;
         let n = read.len();
@@ -615,6 +631,39 @@ impl Follower {
         }
         Ok(con)
     }
+}
+
+/// Whether any entry was ever removed from the stream (trimmed, or
+/// deleted), from `XINFO STREAM`: entries added against the length, and the
+/// largest deleted id. A stream that does not exist had none.
+fn ever_removed(con: &mut Connection) -> RedisResult<bool> {
+    let info: Value = match redis::cmd("XINFO").arg("STREAM").arg(STREAM).query(con) {
+        Ok(info) => info,
+        Err(e) if e.detail().is_some_and(|d| d.contains("no such key")) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let pairs: Vec<(Value, Value)> = match info {
+        Value::Map(pairs) => pairs,
+        Value::Array(flat) => {
+            let mut it = flat.into_iter();
+            std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect()
+        }
+        _ => Vec::new(),
+    };
+    let (mut added, mut length, mut deleted) = (None, None, None);
+    for (key, value) in pairs {
+        match (text(key).as_deref(), value) {
+            (Some("entries-added"), Value::Int(n)) => added = Some(n),
+            (Some("length"), Value::Int(n)) => length = Some(n),
+            (Some("max-deleted-entry-id"), v) => deleted = text(v),
+            _ => {}
+        }
+    }
+    Ok(match (added, length) {
+        (Some(added), Some(length)) => added > length || deleted.is_some_and(|d| d != "0-0"),
+        // A Redis before 7.0 does not say: assume the worst.
+        _ => true,
+    })
 }
 
 /// From the two replies of `gap_probe`: `last` is gone and the stream now

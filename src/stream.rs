@@ -297,10 +297,17 @@ pub fn serve(stream: TcpStream, mut sub: Subscription<'_>, p: &StreamParams) {
         Err(e) => return log::debug!("stream not started: {e}"),
     };
     let ends = sub.ends.take();
-    match run(&mut w, &sub, ends, p) {
+    let mut at = Position {
+        cursor: sub.start,
+        has_id: p.last_event_id.is_some(),
+    };
+    match run(&mut w, &sub, ends, p, &mut at) {
         Ok(()) => {
             // Out of the registry and the gauge before its end is written.
             sub.leave();
+            if let Some(line) = at.owed() {
+                let _ = w.chunk(&[line.as_bytes()], &|_| {});
+            }
             w.finish();
         }
         // Its own wait for room ran out, or the kernel's TCP_USER_TIMEOUT
@@ -316,6 +323,29 @@ pub fn serve(stream: TcpStream, mut sub: Subscription<'_>, p: &StreamParams) {
     }
     drop(sub);
     drop(w);
+}
+
+/// Where a stream's client stands in the log.
+struct Position {
+    /// The last id the client has, or the position read on from after a
+    /// gap; queued frames not above it are skipped (ids only grow). After a
+    /// gap the client's id may be from another log: no floor.
+    cursor: Option<EventId>,
+    /// Whether the client has an id from this stream (or its own).
+    has_id: bool,
+}
+
+impl Position {
+    /// What a client that has no id yet is owed when its stream ends
+    /// properly (shutdown, expiry, release): its position as an id with no
+    /// data. EventSource keeps it as its last event id and dispatches
+    /// nothing, so it resumes from there instead of starting over and
+    /// missing what is published until it is back.
+    fn owed(&self) -> Option<String> {
+        self.cursor
+            .filter(|_| !self.has_id)
+            .map(|at| format!("id: {at}\n\n"))
+    }
 }
 
 /// Where the stream stands after a wake-up: go on, end it properly (Ok), or
@@ -361,24 +391,25 @@ fn run(
     sub: &Subscription<'_>,
     mut ends: Option<Ends>,
     p: &StreamParams,
+    at: &mut Position,
 ) -> io::Result<()> {
     let metrics = sub.metrics();
     let delivered = |n: usize| Metrics::add(&metrics.delivered, n as u64);
     let blocked = |b: bool| sub.set_blocked(b);
     open(w, p)?;
 
-    // The last id the client has, or the position read on from after a gap;
-    // queued frames not above it are skipped (ids only grow). After a gap
-    // the client's id may be from another log: no floor.
-    let mut cursor = sub.start;
-    if let Some(at) = cursor {
+    let Position { cursor, has_id } = at;
+    if let Some(at) = *cursor {
         sub.set_start(at);
     }
     let mut replaying = sub.replay;
     let mut first_page = replaying;
+    // A log read failed while the log is up (a Redis page read under load,
+    // a disk error), or its client has no id to come back with: the stream
+    // stays open and reads again at its next wake-up, a queued frame or the
+    // heartbeat. Frames queued meanwhile are in the log too.
+    let mut unread = false;
     let mut last_write = Instant::now();
-    // Whether the client has an id from this stream (or its own).
-    let mut has_id = p.last_event_id.is_some();
     let mut batch: Vec<SharedFrame> = Vec::new();
     // Whether `f`, once written, leaves every topic of the stream ended:
     // nothing is written after it.
@@ -395,6 +426,7 @@ fn run(
             // Whatever is queued is in the log too, after `cursor` or at
             // most up to it: read from the log until the live edge.
             sub.to_read(sub.rx.try_iter().count());
+            unread = false;
             loop {
                 // What the socket takes now: a stream whose client does not
                 // read holds one frame at most, not a page of its own.
@@ -407,21 +439,24 @@ fn run(
                     w.chunk(&[&sse::expired(exp)], &blocked)?;
                     return Ok(());
                 }
-                let page = match sub.read(cursor, room) {
+                let page = match sub.read(*cursor, room) {
                     Ok(page) => page,
-                    Err(e) => {
-                        // Debug: the follower reports an outage once, and
-                        // every stream would say the same at each retry.
+                    // The log is down (the follower saw Redis go): a client
+                    // with an id reconnects with it after `retry:`, perhaps to
+                    // a process that can reach Redis. Debug: the follower
+                    // reports an outage once.
+                    Err(e) if *has_id && !sub.log_up() => {
                         log::debug!(
                             "cannot read the event log ({e}): the stream ends, to be resumed"
                         );
-                        // A client with no id yet could not resume: it gets
-                        // its position, an id with no data (EventSource
-                        // keeps it as its last event id, dispatches nothing).
-                        if let Some(at) = cursor.filter(|_| !has_id) {
-                            w.chunk(&[format!("id: {at}\n\n").as_bytes()], &blocked)?;
-                        }
                         return Ok(());
+                    }
+                    Err(e) => {
+                        log::debug!(
+                            "cannot read the event log ({e}): the stream reads again at its next wake-up"
+                        );
+                        unread = true;
+                        break;
                     }
                 };
                 let gap = match page.gap {
@@ -456,16 +491,16 @@ fn run(
                 parts.extend(frames.iter().map(|f| &*f.bytes));
                 w.chunk(&parts, &blocked)?;
                 delivered(frames.len());
-                has_id |= !frames.is_empty();
+                *has_id |= !frames.is_empty();
                 sub.read_back(frames.len());
                 if !parts.is_empty() {
                     last_write = Instant::now();
                 }
-                cursor = match (done, frames.last()) {
+                *cursor = match (done, frames.last()) {
                     (true, Some(f)) => Some(f.id),
                     _ => page.scanned,
                 };
-                if let Some(at) = cursor {
+                if let Some(at) = *cursor {
                     sub.set_position(at);
                 }
                 if done {
@@ -489,11 +524,16 @@ fn run(
             wait = wait.min(Duration::from_secs(exp.saturating_sub(unix_now())));
         }
         match sub.rx.recv_timeout(wait) {
+            // It is in the log too, after `cursor`: read from there.
+            Ok(_) if unread => {
+                sub.to_read(1);
+                replaying = true;
+            }
             Ok(first) => {
                 let (mut next, mut bytes, mut done) = (Some(first), 0, false);
                 while let Some(f) = next.take() {
                     if cursor.is_none_or(|at| f.id > at) {
-                        cursor = Some(f.id);
+                        *cursor = Some(f.id);
                         bytes += f.bytes.len();
                         done = last_one(&f);
                         batch.push(f);
@@ -507,7 +547,7 @@ fn run(
                 }
                 w.chunk_of(batch.iter().map(|f| &*f.bytes), &blocked)?;
                 delivered(batch.len());
-                has_id |= !batch.is_empty();
+                *has_id |= !batch.is_empty();
                 if let Some(at) = cursor.filter(|_| !batch.is_empty()) {
                     sub.set_position(at);
                     last_write = Instant::now();
@@ -518,6 +558,7 @@ fn run(
                 }
             }
             Err(RecvTimeoutError::Timeout) => {
+                replaying = unread;
                 if last_write.elapsed() < p.heartbeat {
                     continue;
                 }
@@ -702,69 +743,141 @@ mod tests {
         assert_eq!(events, String::from_utf8_lossy(&want), "{body:?}");
     }
 
-    /// A stream whose log read fails before it wrote any event, for a
-    /// client that gave no id, ends with its position as an id with no
-    /// data: the client resumes from it instead of starting over.
-    #[test]
-    fn a_stream_ended_before_its_first_event_gives_its_client_a_position() {
-        use crate::event::TopicFilter;
-        use crate::history::{EventLog, LogError, MemoryLog, Page};
-        use crate::sse::Event;
+    /// Memory whose first `failures` reads fail, as a Redis page read can
+    /// under load or in an outage.
+    struct Unreadable {
+        log: crate::history::MemoryLog,
+        failures: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
 
-        /// Memory whose reads fail, as a Redis page read can under load.
-        struct Unreadable(MemoryLog);
-        impl EventLog for Unreadable {
-            fn append(&self, event: &Event) -> Result<SharedFrame, LogError> {
-                self.0.append(event)
+    impl crate::history::EventLog for Unreadable {
+        fn append(
+            &self,
+            event: &crate::sse::Event,
+        ) -> Result<SharedFrame, crate::history::LogError> {
+            self.log.append(event)
+        }
+        fn read(
+            &self,
+            after: Option<EventId>,
+            topics: &crate::event::TopicFilter,
+            max_bytes: usize,
+        ) -> Result<crate::history::Page, crate::history::LogError> {
+            use std::sync::atomic::Ordering;
+            let failing = self
+                .failures
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok();
+            if failing {
+                return Err(crate::history::LogError("redis busy".into()));
             }
-            fn read(
-                &self,
-                _: Option<EventId>,
-                _: &TopicFilter,
-                _: usize,
-            ) -> Result<Page, LogError> {
-                Err(LogError("redis busy".into()))
-            }
-            fn oldest(&self) -> Option<EventId> {
-                self.0.oldest()
-            }
-            fn len(&self) -> usize {
-                self.0.len()
-            }
-            fn followed(&self) -> bool {
-                false
-            }
-            fn up(&self) -> bool {
-                true
-            }
-            fn store(&self) -> &'static str {
-                "test"
+            self.log.read(after, topics, max_bytes)
+        }
+        fn oldest(&self) -> Option<EventId> {
+            self.log.oldest()
+        }
+        fn len(&self) -> usize {
+            self.log.len()
+        }
+        fn followed(&self) -> bool {
+            false
+        }
+        fn up(&self) -> bool {
+            true
+        }
+        fn store(&self) -> &'static str {
+            "test"
+        }
+    }
+
+    /// The log, and the count of reads left to fail.
+    fn unreadable(
+        failures: usize,
+    ) -> (
+        Box<Unreadable>,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let failures = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(failures));
+        let log = Unreadable {
+            log: crate::history::MemoryLog::new(100, 1 << 20),
+            failures: failures.clone(),
+        };
+        (Box::new(log), failures)
+    }
+
+    /// Reads `client` until what it got ends with `want` or the read fails
+    /// (10 s without data), then ends the hub's streams and reads to the end.
+    fn read_until(client: &TcpStream, want: &[u8], hub: &crate::hub::Hub) -> String {
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut reader = client;
+        while !got.ends_with(want) {
+            match io::Read::read(&mut reader, &mut buf) {
+                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                _ => break,
             }
         }
+        hub.close();
+        io::Read::read_to_end(&mut reader, &mut got).unwrap();
+        let text = String::from_utf8_lossy(&got).into_owned();
+        let body = &text[text.find("\r\n\r\n").expect("a head") + 4..];
+        let (retry, rest) = body.split_once("\n\n").expect("the retry line");
+        assert!(retry.starts_with("retry: "), "{body:?}");
+        rest.to_string()
+    }
 
-        let hub = small_hub(Box::new(Unreadable(MemoryLog::new(100, 1 << 20))));
-        let before = hub.publish("t", None, "before").unwrap().id;
+    /// A stream whose log read fails stays open and reads again at its next
+    /// wake-up: its client, which has no id yet, gets every event it is
+    /// owed, in order, once.
+    #[test]
+    fn a_stream_whose_log_read_fails_reads_again_and_loses_nothing() {
+        use crate::sse::{Event, Frame};
+
+        let (log, failures) = unreadable(1);
+        let hub = small_hub(log);
+        hub.publish("t", None, "before").unwrap();
         let (client, server) = pair();
         let sub = subscribed(&hub, &server);
         // More than its queue: it is behind, and must read the log.
-        for i in 0..5 {
-            hub.publish("t", None, &i.to_string()).unwrap();
-        }
+        let publish = |data: &str| {
+            let id = hub.publish("t", None, data).unwrap().id;
+            Frame::new(id, &Event::new("t", None, data)).bytes.to_vec()
+        };
+        let mut want: Vec<u8> = (0..5).flat_map(|i| publish(&i.to_string())).collect();
         let hangups = Hangups::new().unwrap();
         let p = unchunked_without_id(&hangups);
-        std::thread::scope(|scope| {
+        let rest = std::thread::scope(|scope| {
             scope.spawn(|| serve(server, sub, &p));
-            client
-                .set_read_timeout(Some(Duration::from_secs(10)))
-                .unwrap();
-            let mut got = Vec::new();
-            io::Read::read_to_end(&mut &client, &mut got).unwrap();
-            let text = String::from_utf8_lossy(&got);
-            let body = &text[text.find("\r\n\r\n").expect("a head") + 4..];
-            let (retry, rest) = body.split_once("\n\n").expect("the retry line");
-            assert!(retry.starts_with("retry: "), "{body:?}");
-            assert_eq!(rest, format!("id: {before}\n\n"), "{body:?}");
+            // Once its read failed, the next event wakes it.
+            while failures.load(std::sync::atomic::Ordering::Acquire) > 0 {
+                std::thread::yield_now();
+            }
+            want.extend(publish("after"));
+            read_until(&client, &want, &hub)
         });
+        assert_eq!(rest, String::from_utf8(want).unwrap());
+    }
+
+    /// A stream that ends properly (here the hub closes) before it wrote any
+    /// event, for a client that gave no id, ends with its position as an id
+    /// with no data: the client resumes from it instead of starting over and
+    /// missing what is published meanwhile.
+    #[test]
+    fn a_stream_ended_before_its_first_event_gives_its_client_a_position() {
+        let hub = small_hub(Box::new(crate::history::MemoryLog::new(100, 1 << 20)));
+        let before = hub.publish("t", None, "before").unwrap().id;
+        let (client, server) = pair();
+        let sub = subscribed(&hub, &server);
+        let hangups = Hangups::new().unwrap();
+        let p = unchunked_without_id(&hangups);
+        let rest = std::thread::scope(|scope| {
+            scope.spawn(|| serve(server, sub, &p));
+            read_until(&client, b"", &hub)
+        });
+        assert_eq!(rest, format!("id: {before}\n\n"));
     }
 
     #[test]

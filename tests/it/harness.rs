@@ -741,8 +741,14 @@ impl Sub {
     /// Reads to the end; true if the stream ended with the zero chunk (for
     /// chunked streams) and then EOF.
     pub fn ends_cleanly(&mut self, timeout: Duration) -> bool {
-        self.stream.set_read_timeout(Some(timeout)).unwrap();
+        let deadline = Instant::now() + timeout;
         loop {
+            // Within `timeout` in all, heartbeats or not.
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
             match self.fill() {
                 Ok(true) => continue,
                 Ok(false) => break,

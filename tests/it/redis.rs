@@ -347,6 +347,33 @@ fn replay_on_b_of_what_a_published() {
     assert_eq!(next_ids(&mut sub, 6), ids);
 }
 
+/// A hub that starts on an empty Redis stream stands at `0-0`: a replay
+/// from there is no gap while Redis trimmed nothing, and one once it did.
+#[test]
+fn a_replay_from_the_start_is_a_gap_only_once_redis_trimmed() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (hub_on(&redis), hub_on(&redis));
+    let ids: Vec<String> = (0..3).map(|i| a.publish("t", &format!("e{i}"))).collect();
+    let mut sub = subscribe(&b, "/events", "Last-Event-ID: 0-0\r\n");
+    let got: Vec<Event> = (0..3).map(|_| sub.next_event()).collect();
+    assert_eq!(
+        got.iter()
+            .map(|e| (
+                e.event.clone(),
+                e.id.clone().unwrap_or_default(),
+                e.data.clone()
+            ))
+            .collect::<Vec<_>>(),
+        (0..3)
+            .map(|i| (None, ids[i].clone(), format!("e{i}")))
+            .collect::<Vec<_>>(),
+        "{}",
+        sub.tail()
+    );
+    redis.pipeline(&[&["XTRIM", "ssehub:events", "MAXLEN", "1"]]);
+    reconnects_to_a_gap(&b, "0-0", &ids[2]);
+}
+
 #[test]
 fn the_replay_live_seam_holds_while_another_process_publishes() {
     let Some(redis) = Redis::start() else { return };
