@@ -1177,10 +1177,11 @@ impl Shared {
 
     /// `--fsync always`, by the appender that leads (`own` is its waiter):
     /// everything appended since the last flush is written in one go and
-    /// flushed once (group commit); the appenders it covers are answered,
-    /// and what was appended meanwhile is handed to one of them to flush
-    /// next. No thread is woken to flush, and none but those answered and
-    /// the next leader is woken after. A failed write or flush fails the
+    /// flushed once (group commit); the appenders it covers are answered.
+    /// What was appended meanwhile it flushes too, and what was appended
+    /// during that it hands to one of those appenders to flush next. No
+    /// thread is woken to flush, and none but those answered and the next
+    /// leader is woken after. A failed write or flush fails the
     /// whole batch and cuts its records off: after a failed fsync nobody
     /// can tell what reached the disk.
     fn commit<'a>(
@@ -1188,6 +1189,26 @@ impl Shared {
         mut st: MutexGuard<'a, State>,
         own: &Arc<Waiter>,
     ) -> Result<(), String> {
+        // Its own batch, then the one gathered while that one flushed, so
+        // that the disk is not left idle while a next leader wakes up; after
+        // that it hands on, so no appender waits for more than two flushes.
+        let (more, mine) = self.flush_batch(st, own, true);
+        if more {
+            st = self.lock();
+            let _ = self.flush_batch(st, own, false);
+        }
+        mine
+    }
+
+    /// One flush of `commit`. What was appended meanwhile is left for this
+    /// leader if it `goes_on` (returns true then), else handed to the first
+    /// of its appenders.
+    fn flush_batch<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        own: &Arc<Waiter>,
+        goes_on: bool,
+    ) -> (bool, Result<(), String>) {
         while st.held() {
             st = self.flush.wait(st).unwrap_or_else(|e| e.into_inner());
         }
@@ -1227,8 +1248,11 @@ impl Shared {
                 ))
             }
         };
-        let next = st.unsynced.first().map(|p| p.waiter.clone());
-        st.flushing = next.is_some();
+        let more = !st.unsynced.is_empty();
+        let next = (!goes_on)
+            .then(|| st.unsynced.first().map(|p| p.waiter.clone()))
+            .flatten();
+        st.flushing = more;
         drop(st);
         if let Some(next) = next {
             next.settle(LEAD);
@@ -1246,7 +1270,7 @@ impl Shared {
         for p in batch.iter().filter(|p| !Arc::ptr_eq(&p.waiter, own)) {
             p.waiter.settle(settled);
         }
-        outcome.map(remove).map_err(|(why, _)| why)
+        (more && goes_on, outcome.map(remove).map_err(|(why, _)| why))
     }
 
     /// Makes file `number` at its full size: zeros, flushed, and its name
