@@ -284,16 +284,20 @@ impl Subscription<'_> {
         self.hub.hold.progress();
     }
 
-    /// Records the last id written to the client.
-    pub fn set_position(&self, id: EventId) {
+    /// Records where the stream reads on from: `at`, and `wrote`, the last
+    /// id written to the client if it wrote one (a page of the log may scan
+    /// past events of other topics and write nothing).
+    pub fn set_position(&self, at: EventId, wrote: Option<EventId>) {
         // SeqCst with `Hold`'s waiting count: a publisher that counts itself
         // waiting then sees this position, or this stream sees it waiting.
-        self.shared.position_ms.store(id.ms, Ordering::SeqCst);
-        *self
-            .shared
-            .written
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(id);
+        self.shared.position_ms.store(at.ms, Ordering::SeqCst);
+        if let Some(id) = wrote {
+            *self
+                .shared
+                .written
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(id);
+        }
     }
 
     /// Where the stream reads on from before it has written anything.
@@ -919,7 +923,7 @@ mod tests {
         let hub = hub(10, 2);
         let first = hub.publish("t", None, "x").unwrap().id;
         let sub = hub.subscribe(all(), None, -1, Peer::default()).unwrap();
-        sub.set_position(first);
+        sub.set_position(first, Some(first));
         // Once its queue is full and it has not written what it missed, a
         // publish is held back, for MAX_HOLD at most.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -936,10 +940,11 @@ mod tests {
                 while hub.hold.waiting.load(Ordering::Acquire) == 0 {
                     std::thread::yield_now();
                 }
-                sub.set_position(EventId {
+                let end = EventId {
                     ms: u64::MAX - 1,
                     seq: 0,
-                });
+                };
+                sub.set_position(end, Some(end));
                 sub.progress();
             });
             let started = Instant::now();
@@ -947,7 +952,7 @@ mod tests {
             assert!(started.elapsed() < MAX_HOLD, "not woken");
         });
         // A stream whose client made it wait is never waited for.
-        sub.set_position(first);
+        sub.set_position(first, Some(first));
         sub.set_blocked(true);
         sub.set_blocked(false);
         let started = Instant::now();
@@ -1001,7 +1006,7 @@ mod tests {
                 Peer::default(),
             )
             .unwrap();
-        stuck.set_position(first);
+        stuck.set_position(first, Some(first));
         stuck.set_blocked(true);
         for _ in 0..5 {
             hub.publish("t", None, "x").unwrap();

@@ -501,7 +501,7 @@ fn run(
                     _ => page.scanned,
                 };
                 if let Some(at) = *cursor {
-                    sub.set_position(at);
+                    sub.set_position(at, frames.last().map(|f| f.id));
                 }
                 if done {
                     return Ok(());
@@ -521,7 +521,10 @@ fn run(
 
         let mut wait = p.heartbeat.saturating_sub(last_write.elapsed());
         if let Some(exp) = p.expires {
-            wait = wait.min(Duration::from_secs(exp.saturating_sub(unix_now())));
+            // To the millisecond: whole seconds would wake up to a second
+            // late.
+            let left = exp.saturating_mul(1000).saturating_sub(now_ms());
+            wait = wait.min(Duration::from_millis(left));
         }
         match sub.rx.recv_timeout(wait) {
             // It is in the log too, after `cursor`: read from there.
@@ -549,7 +552,7 @@ fn run(
                 delivered(batch.len());
                 *has_id |= !batch.is_empty();
                 if let Some(at) = cursor.filter(|_| !batch.is_empty()) {
-                    sub.set_position(at);
+                    sub.set_position(at, Some(at));
                     last_write = Instant::now();
                 }
                 batch.clear();
