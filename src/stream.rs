@@ -404,11 +404,14 @@ fn run(
     }
     let mut replaying = sub.replay;
     let mut first_page = replaying;
-    // A log read failed while the log is up (a Redis page read under load,
-    // a disk error), or its client has no id to come back with: the stream
-    // stays open and reads again at its next wake-up, a queued frame or the
-    // heartbeat. Frames queued meanwhile are in the log too.
+    // A log read failed while the log is up (a Redis page read under load),
+    // or its client has no id to come back with: the stream stays open and
+    // reads again at its next wake-up, a queued frame or the heartbeat.
+    // Frames queued meanwhile are in the log too. If that read fails too,
+    // the stream ends unless it has no position at all to give its client.
     let mut unread = false;
+    // The read that failed is being tried again.
+    let mut retried = false;
     let mut last_write = Instant::now();
     let mut batch: Vec<SharedFrame> = Vec::new();
     // Whether `f`, once written, leaves every topic of the stream ended:
@@ -425,7 +428,8 @@ fn run(
         if replaying || sub.take_behind() {
             // Whatever is queued is in the log too, after `cursor` or at
             // most up to it: read from the log until the live edge.
-            sub.to_read(sub.rx.try_iter().count());
+            let above = |f: &SharedFrame| cursor.is_none_or(|at| f.id > at);
+            sub.to_read(sub.rx.try_iter().filter(above).count());
             unread = false;
             loop {
                 // What the socket takes now: a stream whose client does not
@@ -443,9 +447,15 @@ fn run(
                     Ok(page) => page,
                     // The log is down (the follower saw Redis go): a client
                     // with an id reconnects with it after `retry:`, perhaps to
-                    // a process that can reach Redis. Debug: the follower
-                    // reports an outage once.
-                    Err(e) if *has_id && !sub.log_up() => {
+                    // a process that can reach Redis. A read that fails again
+                    // at the next wake-up is no passing overload (a damaged
+                    // file): the client comes back with its id, or the
+                    // position the stream's end gives it, after `retry:`.
+                    // Debug: the follower reports an outage once.
+                    Err(e)
+                        if (*has_id && !sub.log_up())
+                            || (retried && (*has_id || cursor.is_some())) =>
+                    {
                         log::debug!(
                             "cannot read the event log ({e}): the stream ends, to be resumed"
                         );
@@ -456,9 +466,11 @@ fn run(
                             "cannot read the event log ({e}): the stream reads again at its next wake-up"
                         );
                         unread = true;
+                        retried = true;
                         break;
                     }
                 };
+                retried = false;
                 let gap = match page.gap {
                     Some(oldest) if first_page => {
                         p.last_event_id.map(|last| sse::gap(Some(last), oldest))
@@ -528,11 +540,14 @@ fn run(
         }
         match sub.rx.recv_timeout(wait) {
             // It is in the log too, after `cursor`: read from there.
-            Ok(_) if unread => {
-                sub.to_read(1);
+            Ok(f) if unread => {
+                sub.to_read(usize::from(cursor.is_none_or(|at| f.id > at)));
                 replaying = true;
             }
             Ok(first) => {
+                // Where it stood: the client has none of the batch until it
+                // is written.
+                let was = *cursor;
                 let (mut next, mut bytes, mut done) = (Some(first), 0, false);
                 while let Some(f) = next.take() {
                     if cursor.is_none_or(|at| f.id > at) {
@@ -546,6 +561,7 @@ fn run(
                     }
                 }
                 if let Some(done) = check(sub)? {
+                    *cursor = was;
                     return Ok(done);
                 }
                 w.chunk_of(batch.iter().map(|f| &*f.bytes), &blocked)?;
@@ -862,6 +878,42 @@ mod tests {
             read_until(&client, &want, &hub)
         });
         assert_eq!(rest, String::from_utf8(want).unwrap());
+    }
+
+    /// A read that fails again at the next wake-up is not a passing
+    /// overload: the stream ends, and its client, which has no id yet, gets
+    /// its position to come back with.
+    #[test]
+    fn a_read_that_fails_again_ends_the_stream_with_the_clients_position() {
+        let (log, failures) = unreadable(2);
+        let hub = small_hub(log);
+        let before = hub.publish("t", None, "before").unwrap().id;
+        let (client, server) = pair();
+        let sub = subscribed(&hub, &server);
+        for i in 0..5 {
+            hub.publish("t", None, &i.to_string()).unwrap();
+        }
+        let hangups = Hangups::new().unwrap();
+        let p = unchunked_without_id(&hangups);
+        let rest = std::thread::scope(|scope| {
+            let served = scope.spawn(|| serve(server, sub, &p));
+            while failures.load(std::sync::atomic::Ordering::Acquire) > 1 {
+                std::thread::yield_now();
+            }
+            // The next event wakes it; the read fails again; it ends.
+            hub.publish("t", None, "after").unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !served.is_finished() && Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+            let ended = served.is_finished();
+            // (Ends it if it did not, so that the test can fail.)
+            let rest = read_until(&client, b"", &hub);
+            assert!(ended, "the stream stayed open: {rest:?}");
+            rest
+        });
+        assert_eq!(rest, format!("id: {before}\n\n"));
+        assert_eq!(failures.load(std::sync::atomic::Ordering::Acquire), 0);
     }
 
     /// A stream that ends properly (here the hub closes) before it wrote any
