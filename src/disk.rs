@@ -415,8 +415,8 @@ struct State {
 
 /// A record of `--fsync always` on its way to the disk.
 struct Pending {
+    /// Sealed under `frame.id`.
     record: Vec<u8>,
-    id: EventId,
     frame: SharedFrame,
     waiter: Arc<Waiter>,
 }
@@ -1120,7 +1120,6 @@ impl Shared {
             let waiter = Waiter::new();
             st.unsynced.push(Pending {
                 record,
-                id,
                 frame: frame.clone(),
                 waiter: waiter.clone(),
             });
@@ -1213,7 +1212,8 @@ impl Shared {
             st = self.flush.wait(st).unwrap_or_else(|e| e.into_inner());
         }
         let batch = std::mem::take(&mut st.unsynced);
-        let records: Vec<(&[u8], EventId)> = batch.iter().map(|p| (&p.record[..], p.id)).collect();
+        let records: Vec<(&[u8], EventId)> =
+            batch.iter().map(|p| (&p.record[..], p.frame.id)).collect();
         let written = st.write_records(self, &records);
         drop(records);
         let result = match written {

@@ -181,9 +181,7 @@ pub fn connect(
         .arg(1)
         .query(&mut con)
         .map_err(failed)?;
-    let last = entries(newest)
-        .last()
-        .map_or(EventId { ms: 0, seq: 0 }, |(id, _)| *id);
+    let last = entries(newest).last().map_or(START, |(id, _)| *id);
     let len: usize = redis::cmd("XLEN")
         .arg(STREAM)
         .query(&mut con)
@@ -279,7 +277,8 @@ impl EventLog for RedisLog {
     /// `oldest_available` (Redis keeps no record of the last entry it
     /// trimmed, so a client holding exactly that id is told of a gap too).
     /// From the start (no id, or `0-0`) it is a gap only if anything was
-    /// ever trimmed. With `--history 0` only the newest id is no gap, and nothing is read.
+    /// ever trimmed. With `--history 0` only the newest id is no gap, and
+    /// nothing is read.
     /// A page asks for as many entries as fit `max_bytes` at the sizes seen
     /// lately, so a stream of large events is not read whole into memory.
     fn read(
@@ -301,8 +300,7 @@ impl EventLog for RedisLog {
         // Built, parsed and decoded on the pool thread (see `Pool`).
         self.shared.pages.run(move |con| {
             let replies: Vec<Value> = read.pipeline().query(con)?;
-            let from_start =
-                read.history > 0 && read.after.is_none_or(|a| a == EventId { ms: 0, seq: 0 });
+            let from_start = read.history > 0 && read.after.is_none_or(|a| a == START);
             let mut page = read.page(replies, &shared);
             // The start is no gap while nothing was ever trimmed: one more
             // look-up, for a stream that began on an empty Redis stream.
@@ -435,6 +433,10 @@ impl PageRead {
         page
     }
 }
+
+/// The id below every entry: where a follower of an empty stream stands,
+/// and a read from the start.
+const START: EventId = EventId { ms: 0, seq: 0 };
 
 /// One stream entry: its id and its field/value list.
 type Entry = (EventId, Vec<Value>);
@@ -587,7 +589,7 @@ impl Follower {
             *self.shared.oldest.lock().unwrap_or_else(|e| e.into_inner()) =
                 first.first().map(|(id, _)| *id);
             // An empty stream at startup: nothing read yet to miss.
-            if self.last != (EventId { ms: 0, seq: 0 }) && trimmed_after(self.last, found, &first) {
+            if self.last != START && trimmed_after(self.last, found, &first) {
                 let ended = hub.end_streams();
                 log::warn!(
                     "entries after {last} were trimmed before this process read them: \
@@ -617,7 +619,7 @@ impl Follower {
         let same_server = run_id == self.run_id;
         self.run_id = run_id;
         // Nothing read yet (an empty stream at startup): nothing to miss.
-        if same_server && self.last != (EventId { ms: 0, seq: 0 }) {
+        if same_server && self.last != START {
             let last = self.last.to_string();
             let (found, first): (Value, Value) =
                 gap_probe(&mut redis::pipe(), &last).query(&mut con)?;
