@@ -1034,44 +1034,60 @@ async fn data_storm(plan: &Plan, paths: &Paths) -> Figures {
 /// `durable_time` each: ssehub in memory, with `--data --fsync always`, and
 /// on a Redis that flushes its append-only file before every answer. No
 /// subscriber: the figure is the log's. Latency is the publish's round
-/// trip.
+/// trip. The three run side by side and take turns in slices of a tenth
+/// of `durable_time`, so that a disk whose speed drifts (a virtual one
+/// does, by half within a minute) drifts under all three alike and the
+/// ratios compare like with like.
 async fn durable(plan: &Plan, paths: &Paths) -> Figures {
+    const SLICES: u32 = 10;
     let mut f = Figures::new();
     // What the disk itself does at this moment (the machine's other work
     // shares it): appends of 200 bytes, each flushed, on one thread.
     let (syncs, sync_p50) = blocking(|| fsync_probe(Duration::from_secs(1))).await;
     f.insert("d.fsync.rate".into(), syncs);
     f.insert("d.fsync.p50".into(), sync_p50);
-    for how in ["memory", "disk", "redis"] {
-        eprintln!("ssehub: publishing, event log {how}");
-        let b = match how {
+    let hows = ["memory", "disk", "redis"];
+    let mut benches = Vec::new();
+    for how in hows {
+        eprintln!("ssehub: starting, event log {how}");
+        benches.push(match how {
             "memory" => Bench::start(Kind::Ssehub, paths).await,
             "disk" => Bench::start_durable(paths, "publish").await,
             _ => Bench::start_on_redis_aof(paths).await,
-        };
-        for publishers in [1u32, 8] {
+        });
+    }
+    let slice = plan.durable_time / SLICES;
+    for publishers in [1u32, 8] {
+        eprintln!("ssehub: {publishers} publishers, taking turns");
+        let mut sums: Vec<(PubResult, f64, f64)> = hows
+            .iter()
+            .map(|_| (PubResult::default(), 0.0, 0.0))
+            .collect();
+        for _ in 0..SLICES {
+            for (b, sum) in benches.iter().zip(sums.iter_mut()) {
+                let pids = b.pids();
+                let cpu0 = server::cpu_s(&pids);
+                let t0 = Instant::now();
+                let r = b
+                    .publish_sized(0, publishers, u64::MAX, Pace::Max, t0 + slice, 200)
+                    .await;
+                sum.1 += t0.elapsed().as_secs_f64();
+                sum.2 += server::cpu_s(&pids) - cpu0;
+                sum.0.published += r.published;
+                sum.0.errors += r.errors;
+                sum.0.latency.merge(&r.latency);
+            }
+        }
+        for (how, (r, secs, cpu)) in hows.iter().zip(&sums) {
             let key = |k: &str| format!("d.{how}.{publishers}.{k}");
-            let pids = b.pids();
-            let cpu0 = server::cpu_s(&pids);
-            let t0 = Instant::now();
-            let r = b
-                .publish_sized(
-                    0,
-                    publishers,
-                    u64::MAX,
-                    Pace::Max,
-                    t0 + plan.durable_time,
-                    200,
-                )
-                .await;
-            let secs = t0.elapsed().as_secs_f64();
-            let cpu = server::cpu_s(&pids) - cpu0;
             f.insert(key("rate"), r.published as f64 / secs);
             f.insert(key("errors"), r.errors as f64);
             f.insert(key("p50"), r.latency.quantile_ms(0.5));
             f.insert(key("p99"), r.latency.quantile_ms(0.99));
             f.insert(key("cpu_us"), cpu / r.published.max(1) as f64 * 1e6);
         }
+    }
+    for b in benches {
         b.finish().await;
     }
     for publishers in [1, 8] {
