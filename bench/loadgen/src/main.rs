@@ -11,7 +11,8 @@
 //! `SSEHUB=path` measures another ssehub build, `SSEHUB_ARGS="..."` adds
 //! options (a limit a scenario needs, such as `--max-subscribers`),
 //! `REDIS_SERVER=path` names the `redis-server` of the Redis scenario and of
-//! the durable-log comparison.
+//! the durable-log comparison, `SSEHUB_B=path` adds another ssehub build to
+//! the durable-log turns (two builds compared in one run).
 //!
 //! Every phase is bounded in count and time. The servers (and the Redis of
 //! the Redis scenario) are started (and restarted, for the reconnect storm)

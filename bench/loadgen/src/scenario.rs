@@ -1037,7 +1037,9 @@ async fn data_storm(plan: &Plan, paths: &Paths) -> Figures {
 /// trip. The three run side by side and take turns in slices of a tenth
 /// of `durable_time`, so that a disk whose speed drifts (a virtual one
 /// does, by half within a minute) drifts under all three alike and the
-/// ratios compare like with like.
+/// ratios compare like with like. `SSEHUB_B=path` adds a fourth, another
+/// ssehub build with `--data` (rows `d.disk_b.*` and `d.N.disk_b_disk` in
+/// the results file): two builds compared in one run.
 async fn durable(plan: &Plan, paths: &Paths) -> Figures {
     const SLICES: u32 = 10;
     let mut f = Figures::new();
@@ -1046,13 +1048,22 @@ async fn durable(plan: &Plan, paths: &Paths) -> Figures {
     let (syncs, sync_p50) = blocking(|| fsync_probe(Duration::from_secs(1))).await;
     f.insert("d.fsync.rate".into(), syncs);
     f.insert("d.fsync.p50".into(), sync_p50);
-    let hows = ["memory", "disk", "redis"];
+    let other = std::env::var_os("SSEHUB_B").map(std::path::PathBuf::from);
+    let mut hows = vec!["memory", "disk", "redis"];
+    if other.is_some() {
+        hows.push("disk_b");
+    }
     let mut benches = Vec::new();
-    for how in hows {
+    for &how in &hows {
         eprintln!("ssehub: starting, event log {how}");
         benches.push(match how {
             "memory" => Bench::start(Kind::Ssehub, paths).await,
             "disk" => Bench::start_durable(paths, "publish").await,
+            "disk_b" => {
+                let mut paths = paths.clone();
+                paths.ssehub = other.clone().expect("SSEHUB_B");
+                Bench::start_durable(&paths, "publish-b").await
+            }
             _ => Bench::start_on_redis_aof(paths).await,
         });
     }
@@ -1093,8 +1104,12 @@ async fn durable(plan: &Plan, paths: &Paths) -> Figures {
     for publishers in [1, 8] {
         let rate = |how: &str| f[&format!("d.{how}.{publishers}.rate")];
         let (disk, redis, mem) = (rate("disk"), rate("redis"), rate("memory"));
+        let b = other.is_some().then(|| rate("disk_b") / disk);
         f.insert(format!("d.{publishers}.disk_redis"), disk / redis);
         f.insert(format!("d.{publishers}.disk_memory"), disk / mem);
+        if let Some(b) = b {
+            f.insert(format!("d.{publishers}.disk_b_disk"), b);
+        }
     }
     f
 }
