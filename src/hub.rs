@@ -55,6 +55,11 @@ struct Inner {
     /// The newest id fanned out: a subscriber registered now gets every
     /// event after it through its queue, or from the log.
     edge: Option<EventId>,
+    /// The follower found events after `edge` gone from the log and ended
+    /// every stream (`end_streams`): until it fans out the next event, a
+    /// client that comes back with `edge` as its id is owed the gap, so it
+    /// replays rather than taking what follows through its queue.
+    gap_after_edge: bool,
     /// Ended topics and the id of their `ssehub:closed`: a topic is closed
     /// while that id is retained (`closed_at`).
     closes: HashMap<Box<str>, EventId>,
@@ -380,6 +385,7 @@ impl Hub {
                 next_key: 0,
                 closed: false,
                 edge: None,
+                gap_after_edge: false,
                 closes: HashMap::new(),
                 prune_closes_at: PRUNE_CLOSES,
             }),
@@ -565,6 +571,7 @@ impl Hub {
     /// the follower may have missed events of a followed log.
     pub fn end_streams(&self) -> usize {
         let mut inner = self.lock();
+        inner.gap_after_edge = true;
         let ended = inner.subscribers.len();
         for s in inner.subscribers.drain(..) {
             s.release(RELEASED);
@@ -582,6 +589,7 @@ impl Hub {
     /// it up is short of CPU: the caller waits for it (`after_fan_out`).
     fn fan_out(&self, inner: &mut Inner, frame: &SharedFrame) -> FannedOut {
         inner.edge = Some(frame.id);
+        inner.gap_after_edge = false;
         if frame.closes {
             self.learn_close(inner, &frame.topic, frame.id);
         }
@@ -722,6 +730,7 @@ impl Hub {
         // An id from the future (or another deployment) is no such client:
         // it replays, and learns of the gap.
         let caught_up = self.log.followed()
+            && !inner.gap_after_edge
             && last.is_some_and(|last| {
                 inner.edge.is_some_and(|edge| last >= edge) && last.ms <= now_ms()
             });
@@ -1049,6 +1058,50 @@ mod tests {
         let page = replay.read(replay.start, PAGE_BYTES).unwrap();
         let ids: Vec<EventId> = page.frames.iter().map(|f| f.id).collect();
         assert_eq!(ids, [second, third]);
+    }
+
+    /// With a followed log, a client whose id is the newest fanned out
+    /// takes what follows through its queue. Not once the follower found
+    /// events after it gone and ended every stream: a client that comes back
+    /// with that id before the next event is fanned out must replay and
+    /// learn of the gap, not get the events after it as if none were missed.
+    #[test]
+    fn after_a_gap_a_client_at_the_edge_replays() {
+        let dir = std::env::temp_dir().join(format!(
+            "ssehub-hub-gap-{}-{}",
+            std::process::id(),
+            now_ms()
+        ));
+        let (log, _follower) =
+            crate::disk::open(&dir, 100, 1 << 20, crate::config::Fsync::Never).unwrap();
+        let hub = Hub::new(
+            Box::new(log),
+            HubLimits {
+                max_subscribers: 10,
+                client_queue: 10,
+            },
+        );
+        let at = EventId { ms: 1_000, seq: 0 };
+        hub.follow_from(at);
+        let caught_up = hub.subscribe(all(), Some(at), -1, Peer::default()).unwrap();
+        assert!(!caught_up.replay);
+        assert_eq!(hub.end_streams(), 1);
+        let back = hub.subscribe(all(), Some(at), -1, Peer::default()).unwrap();
+        assert!(back.replay, "a client at the edge of a gap took the queue");
+        // Once the follower hands on what came after the gap, a client
+        // holding that is caught up again, and one holding `at` is not.
+        let next = EventId { ms: 3_000, seq: 0 };
+        let frame = Arc::new(Frame::new(next, &Event::new("t", None, "x")));
+        hub.fan_out_followed(&[frame]);
+        let newest = hub
+            .subscribe(all(), Some(next), -1, Peer::default())
+            .unwrap();
+        assert!(!newest.replay);
+        let old = hub.subscribe(all(), Some(at), -1, Peer::default()).unwrap();
+        assert!(old.replay);
+        drop((caught_up, back, newest, old));
+        drop(hub);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

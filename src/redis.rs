@@ -149,6 +149,10 @@ pub struct Follower {
     con: Option<Connection>,
     /// The newest entry fanned out (or present at startup).
     last: EventId,
+    /// The `last` whose trimmed successors ended the streams already: the
+    /// look after a reconnect and the next one in `follow` see the same
+    /// gap, and a client that came back in between must not be ended again.
+    told: Option<EventId>,
     /// The Redis server instance last connected to, to tell a restart from
     /// a connection that merely dropped.
     run_id: String,
@@ -217,6 +221,7 @@ pub fn connect(
         client,
         con: Some(con),
         last,
+        told: None,
         run_id,
     };
     Ok((log, follower))
@@ -589,7 +594,11 @@ impl Follower {
             *self.shared.oldest.lock().unwrap_or_else(|e| e.into_inner()) =
                 first.first().map(|(id, _)| *id);
             // An empty stream at startup: nothing read yet to miss.
-            if self.last != START && trimmed_after(self.last, found, &first) {
+            if self.last != START
+                && self.told != Some(self.last)
+                && trimmed_after(self.last, found, &first)
+            {
+                self.told = Some(self.last);
                 let ended = hub.end_streams();
                 log::warn!(
                     "entries after {last} were trimmed before this process read them: \
@@ -623,7 +632,8 @@ impl Follower {
             let last = self.last.to_string();
             let (found, first): (Value, Value) =
                 gap_probe(&mut redis::pipe(), &last).query(&mut con)?;
-            if trimmed_after(self.last, found, &entries(first)) {
+            if self.told != Some(self.last) && trimmed_after(self.last, found, &entries(first)) {
+                self.told = Some(self.last);
                 let ended = hub.end_streams();
                 log::warn!(
                     "entries after {last} were trimmed while redis was unreachable: \
