@@ -82,13 +82,16 @@ fn a_second_signal_exits_at_once() {
 
 /// Publishes an empty event on `conn`, kept alive, until the hub answers
 /// that it is shutting down (its registry closed); false if it never does.
-pub fn until_closed(conn: &mut std::net::TcpStream) -> bool {
+/// A connection the hub drops fails with the hub's log (it exits once its
+/// grace period is over).
+pub fn until_closed(hub: &Hub, conn: &mut std::net::TcpStream) -> bool {
     crate::harness::poll(Duration::from_secs(2), || {
-        conn.write_all(
-            b"POST /events?topic=probe HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n",
-        )
-        .unwrap();
-        let r = read_response(conn).unwrap();
+        let answer = conn
+            .write_all(
+                b"POST /events?topic=probe HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n",
+            )
+            .and_then(|()| read_response(conn));
+        let r = answer.unwrap_or_else(|e| panic!("publishing during shutdown: {e}\n{}", hub.log()));
         assert!(matches!(r.status, 200 | 503), "{r:?}");
         r.status == 503
     })
@@ -105,7 +108,7 @@ fn a_subscribe_during_shutdown_is_told_to_retry() {
     let stuck = stuck_subscriber(&hub);
     let mut conn = hub.connect();
     hub.signal(libc::SIGTERM);
-    assert!(until_closed(&mut conn), "publishing never refused");
+    assert!(until_closed(&hub, &mut conn), "publishing never refused");
     assert!(
         hub.running(),
         "exited before the subscribe: nothing was tested"
