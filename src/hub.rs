@@ -245,7 +245,9 @@ pub struct Subscription<'a> {
     /// what the follower had fanned out: everything after that comes
     /// through the queue (the follower lags this client, which got its
     /// events from another process), and what is not above `start` is
-    /// skipped there.
+    /// skipped there. Unless the follower has just ended every stream for
+    /// a gap after what it fanned out (`gap_after_edge`): then the replay
+    /// tells of the gap.
     pub replay: bool,
     /// For a stream of exact topics: which have ended before `start`.
     pub ends: Option<Ends>,
@@ -1067,13 +1069,20 @@ mod tests {
     /// learn of the gap, not get the events after it as if none were missed.
     #[test]
     fn after_a_gap_a_client_at_the_edge_replays() {
-        let dir = std::env::temp_dir().join(format!(
+        // Removed however the test ends.
+        struct Dir(std::path::PathBuf);
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let dir = Dir(std::env::temp_dir().join(format!(
             "ssehub-hub-gap-{}-{}",
             std::process::id(),
             now_ms()
-        ));
+        )));
         let (log, _follower) =
-            crate::disk::open(&dir, 100, 1 << 20, crate::config::Fsync::Never).unwrap();
+            crate::disk::open(&dir.0, 100, 1 << 20, crate::config::Fsync::Never).unwrap();
         let hub = Hub::new(
             Box::new(log),
             HubLimits {
@@ -1100,8 +1109,6 @@ mod tests {
         let old = hub.subscribe(all(), Some(at), -1, Peer::default()).unwrap();
         assert!(old.replay);
         drop((caught_up, back, newest, old));
-        drop(hub);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -149,13 +149,6 @@ pub struct Follower {
     con: Option<Connection>,
     /// The newest entry fanned out (or present at startup).
     last: EventId,
-    /// The `last` whose trimmed successors ended the streams already: the
-    /// look after a reconnect and the next one in `follow` see the same
-    /// gap, and a client that came back in between must not be ended again.
-    told: Option<EventId>,
-    /// The Redis server instance last connected to, to tell a restart from
-    /// a connection that merely dropped.
-    run_id: String,
 }
 
 /// Connects to Redis at `url` and reads where the stream ends, so that the
@@ -176,7 +169,6 @@ pub fn connect(
         why: e.to_string(),
     };
     let mut con = connect_with(&client, BLOCK + COMMAND_TIMEOUT).map_err(failed)?;
-    let run_id = server_run_id(&mut con).map_err(failed)?;
     let newest: Value = redis::cmd("XREVRANGE")
         .arg(STREAM)
         .arg("+")
@@ -221,8 +213,6 @@ pub fn connect(
         client,
         con: Some(con),
         last,
-        told: None,
-        run_id,
     };
     Ok((log, follower))
 }
@@ -232,17 +222,6 @@ fn connect_with(client: &Client, read_timeout: Duration) -> RedisResult<Connecti
     con.set_read_timeout(Some(read_timeout))?;
     con.set_write_timeout(Some(COMMAND_TIMEOUT))?;
     Ok(con)
-}
-
-/// The `run_id` of `INFO server`: it changes when Redis restarts.
-fn server_run_id(con: &mut Connection) -> RedisResult<String> {
-    let info: String = redis::cmd("INFO").arg("server").query(con)?;
-    Ok(info
-        .lines()
-        .find_map(|l| l.strip_prefix("run_id:"))
-        .unwrap_or("")
-        .trim()
-        .to_string())
 }
 
 /// What a failed call tells the publisher or subscriber (503); the cause
@@ -541,7 +520,7 @@ impl Follower {
         loop {
             let mut con = match self.con.take() {
                 Some(con) => con,
-                None => match self.reconnect(hub) {
+                None => match connect_with(&self.client, BLOCK + COMMAND_TIMEOUT) {
                     Ok(con) => {
                         log::info!("redis is back: following after {}", self.last);
                         backoff = BACKOFF_FIRST;
@@ -570,9 +549,14 @@ impl Follower {
     /// Reads the stream after `last` and fans each batch out, until a call
     /// fails. Each read goes with a look at whether `last` is still there:
     /// a follower that fell further behind than the stream keeps (a stalled
-    /// process, a manual `XTRIM`) would otherwise skip the trimmed entries
-    /// without a word. Redis runs one connection's pipelined commands back
-    /// to back, so nothing is trimmed between the look and the read.
+    /// process, a manual `XTRIM`, entries trimmed while this process could
+    /// not reach Redis) would otherwise skip the trimmed entries without a
+    /// word. The look and the read go in one write, which Redis reads and
+    /// runs back to back, so no other client's trim falls between them. The
+    /// look after an outage is the first of this loop: a gap ends the
+    /// streams once (a second look at the same gap would end the clients
+    /// that just came back), and the entries after it are read at once, so
+    /// `last` moves past it.
     fn follow(&mut self, con: &mut Connection, hub: &Hub) -> Result<Infallible, RedisError> {
         loop {
             let last = self.last.to_string();
@@ -594,11 +578,7 @@ impl Follower {
             *self.shared.oldest.lock().unwrap_or_else(|e| e.into_inner()) =
                 first.first().map(|(id, _)| *id);
             // An empty stream at startup: nothing read yet to miss.
-            if self.last != START
-                && self.told != Some(self.last)
-                && trimmed_after(self.last, found, &first)
-            {
-                self.told = Some(self.last);
+            if self.last != START && trimmed_after(self.last, found, &first) {
                 let ended = hub.end_streams();
                 log::warn!(
                     "entries after {last} were trimmed before this process read them: \
@@ -615,33 +595,6 @@ impl Follower {
                 hub.fan_out_followed(&frames);
             }
         }
-    }
-
-    /// A new connection after an outage. If the same Redis trimmed entries
-    /// after `last` meanwhile, this process's subscribers missed them: their
-    /// streams are ended, so they reconnect, replay, and learn of the gap.
-    /// A restarted Redis kept what it kept; the follower goes on after
-    /// `last` either way.
-    fn reconnect(&mut self, hub: &Hub) -> RedisResult<Connection> {
-        let mut con = connect_with(&self.client, BLOCK + COMMAND_TIMEOUT)?;
-        let run_id = server_run_id(&mut con)?;
-        let same_server = run_id == self.run_id;
-        self.run_id = run_id;
-        // Nothing read yet (an empty stream at startup): nothing to miss.
-        if same_server && self.last != START {
-            let last = self.last.to_string();
-            let (found, first): (Value, Value) =
-                gap_probe(&mut redis::pipe(), &last).query(&mut con)?;
-            if self.told != Some(self.last) && trimmed_after(self.last, found, &entries(first)) {
-                self.told = Some(self.last);
-                let ended = hub.end_streams();
-                log::warn!(
-                    "entries after {last} were trimmed while redis was unreachable: \
-                     ended {ended} streams so their clients replay and see the gap"
-                );
-            }
-        }
-        Ok(con)
     }
 }
 
