@@ -1647,14 +1647,14 @@ impl Follower {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A directory under the system's temporary one, removed on drop.
-    struct TempDir(PathBuf);
+    pub(crate) struct TempDir(pub(crate) PathBuf);
 
     impl TempDir {
-        fn new(name: &str) -> TempDir {
+        pub(crate) fn new(name: &str) -> TempDir {
             let path = std::env::temp_dir().join(format!(
                 "ssehub-disk-{name}-{}-{}",
                 std::process::id(),

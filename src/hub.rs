@@ -1069,18 +1069,7 @@ mod tests {
     /// learn of the gap, not get the events after it as if none were missed.
     #[test]
     fn after_a_gap_a_client_at_the_edge_replays() {
-        // Removed however the test ends.
-        struct Dir(std::path::PathBuf);
-        impl Drop for Dir {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
-        let dir = Dir(std::env::temp_dir().join(format!(
-            "ssehub-hub-gap-{}-{}",
-            std::process::id(),
-            now_ms()
-        )));
+        let dir = crate::disk::tests::TempDir::new("hub-gap");
         let (log, _follower) =
             crate::disk::open(&dir.0, 100, 1 << 20, crate::config::Fsync::Never).unwrap();
         let hub = Hub::new(
