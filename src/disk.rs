@@ -21,7 +21,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -393,6 +393,8 @@ struct State {
     /// wait for it, and it hands the flush of what came meanwhile on to one
     /// of them.
     flushing: bool,
+    /// The pace of `--fsync always`; see `Pace`.
+    pace: Pace,
     /// Written since the last flush (`--fsync periodic`).
     dirty: bool,
     /// A new file's name is not flushed into the directory yet.
@@ -421,6 +423,39 @@ struct Pending {
     waiter: Arc<Waiter>,
 }
 
+/// Who a flush of `--fsync always` waits for. Publishers that wait for
+/// their answer before they publish again come back a moment after the
+/// flush that answered them, while the next flush already runs, and wait
+/// for that one and then their own: left alone they settle into two halves
+/// that take turns, each publish waiting about two flushes. So the leader
+/// of a flush first waits for the looping publishers the last flush
+/// answered to be back, but never longer than a flush takes: they join
+/// this flush instead of waiting for the next, and a publisher that does
+/// not come back delays the others by less than the flush it would
+/// otherwise have waited for. A lone publisher, or publishers that do not
+/// loop, are never waited for.
+#[derive(Default)]
+struct Pace {
+    /// Flushes ended so far: the number of the newest one.
+    flushes: u64,
+    /// Looping publishers the newest flush answered (but not its leader
+    /// when that one flushes again at once).
+    expected: usize,
+    /// Records appended since then by publishers it answered.
+    returned: usize,
+    /// How long the last two flushes took: the wait is the shorter one, so
+    /// one slow flush does not make the next wait long.
+    took: [Duration; 2],
+    /// A leader waits on `Shared::returned` for the last of them.
+    waiting: bool,
+}
+
+thread_local! {
+    /// The number of the flush that answered this thread's last publish
+    /// under `--fsync always` (0: none).
+    static ANSWERED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// An appender waiting for the flush that covers its record (`--fsync
 /// always`). The appender that flushes settles it and wakes exactly that
 /// thread: a flush does not wake the appenders that wait for the next one,
@@ -430,6 +465,11 @@ struct Waiter {
     /// `PENDING` until the leader of a flush settles it `DURABLE`,
     /// `FAILED` or `LEAD`.
     state: AtomicU8,
+    /// The number of the flush that settled it, stored before `state`.
+    flush: AtomicU64,
+    /// Its appender's previous record was answered by one of the last two
+    /// flushes: a publisher that comes straight back (`Pace`).
+    looping: bool,
 }
 
 const PENDING: u8 = 0;
@@ -439,14 +479,17 @@ const FAILED: u8 = 2;
 const LEAD: u8 = 3;
 
 impl Waiter {
-    fn new() -> Arc<Waiter> {
+    fn new(looping: bool) -> Arc<Waiter> {
         Arc::new(Waiter {
             thread: thread::current(),
             state: AtomicU8::new(PENDING),
+            flush: AtomicU64::new(0),
+            looping,
         })
     }
 
-    fn settle(&self, to: u8) {
+    fn settle(&self, to: u8, flush: u64) {
+        self.flush.store(flush, Ordering::Relaxed);
         self.state.store(to, Ordering::Release);
         self.thread.unpark();
     }
@@ -475,6 +518,8 @@ struct Shared {
     flush: Condvar,
     /// Wakes the preparer.
     prepare: Condvar,
+    /// Wakes a leader waiting for looping publishers (`Pace`).
+    returned: Condvar,
     /// Whether files get their full size up front (not `--fsync never`).
     prepared: bool,
     /// Wakes the follower (and, under `--fsync periodic`, nobody else:
@@ -695,6 +740,7 @@ pub fn open(
             clock: newest.map(IdClock::after).unwrap_or_default(),
             unsynced: Vec::new(),
             flushing: false,
+            pace: Pace::default(),
             dirty: false,
             dir_unsynced: false,
             visible_id: newest,
@@ -709,6 +755,7 @@ pub fn open(
         }),
         flush: Condvar::new(),
         prepare: Condvar::new(),
+        returned: Condvar::new(),
         prepared: fsync != Fsync::Never,
         visible: Condvar::new(),
         up: AtomicBool::new(true),
@@ -1117,7 +1164,15 @@ impl Shared {
             // Written with the others of its flush by whoever leads it: the
             // lock is held here for no system call.
             let frame = Arc::new(Frame::new(id, event));
-            let waiter = Waiter::new();
+            let last = ANSWERED.get();
+            let pace = &mut st.pace;
+            if last != 0 && last == pace.flushes {
+                pace.returned += 1;
+                if pace.waiting && pace.returned >= pace.expected {
+                    self.returned.notify_one();
+                }
+            }
+            let waiter = Waiter::new(last != 0 && last + 1 >= pace.flushes);
             st.unsynced.push(Pending {
                 record,
                 frame: frame.clone(),
@@ -1126,16 +1181,18 @@ impl Shared {
             if st.flushing {
                 drop(st);
                 match waiter.wait() {
-                    DURABLE => return Ok(frame),
+                    DURABLE => {
+                        ANSWERED.set(waiter.flush.load(Ordering::Relaxed));
+                        return Ok(frame);
+                    }
                     FAILED => return Err(LogError(self.lock().failure.clone())),
                     _ => st = self.lock(),
                 }
             }
             st.flushing = true;
-            return match self.commit(st, &waiter) {
-                Ok(()) => Ok(frame),
-                Err(why) => Err(LogError(why)),
-            };
+            let committed = self.commit(st, &waiter);
+            ANSWERED.set(waiter.flush.load(Ordering::Relaxed));
+            return committed.map(|()| frame).map_err(LogError);
         }
         if let Err(e) = st.write(self, &record, id) {
             drop(st);
@@ -1190,7 +1247,9 @@ impl Shared {
     ) -> Result<(), String> {
         // Its own batch, then the one gathered while that one flushed, so
         // that the disk is not left idle while a next leader wakes up; after
-        // that it hands on, so no appender waits for more than two flushes.
+        // that it hands on, so no appender waits for more than two flushes
+        // (and, before each, less than a flush for publishers on their way
+        // back: `Pace`).
         let (more, mine) = self.flush_batch(st, own, true);
         if more {
             st = self.lock();
@@ -1211,7 +1270,9 @@ impl Shared {
         while st.held() {
             st = self.flush.wait(st).unwrap_or_else(|e| e.into_inner());
         }
+        st = self.await_returners(st);
         let batch = std::mem::take(&mut st.unsynced);
+        st.pace.returned = 0;
         let records: Vec<(&[u8], EventId)> =
             batch.iter().map(|p| (&p.record[..], p.frame.id)).collect();
         let written = st.write_records(self, &records);
@@ -1223,8 +1284,11 @@ impl Shared {
                 let (extent, file) = (newest.written, newest.file.clone());
                 // The flush runs without the lock: appenders go on.
                 drop(st);
+                let start = Instant::now();
                 let synced = file.sync_data();
+                let took = start.elapsed();
                 st = self.lock();
+                st.pace.took = [st.pace.took[1], took];
                 synced.map(|()| (extent, file)).map_err(|e| ("flush", e))
             }
         };
@@ -1253,9 +1317,24 @@ impl Shared {
             .then(|| st.unsynced.first().map(|p| p.waiter.clone()))
             .flatten();
         st.flushing = more;
+        let pace = &mut st.pace;
+        pace.flushes += 1;
+        pace.returned = 0;
+        // The leader is answered after its last flush, whichever batch
+        // its record was in.
+        let leaves = !(more && goes_on) && own.looping;
+        pace.expected = match outcome {
+            Ok(_) => {
+                let others = batch.iter().map(|p| &p.waiter);
+                let others = others.filter(|w| w.looping && !Arc::ptr_eq(w, own));
+                others.count() + usize::from(leaves)
+            }
+            Err(_) => 0,
+        };
+        let number = pace.flushes;
         drop(st);
         if let Some(next) = next {
-            next.settle(LEAD);
+            next.settle(LEAD, number);
         }
         let settled = match &outcome {
             Ok(_) => {
@@ -1267,10 +1346,35 @@ impl Shared {
                 FAILED
             }
         };
+        own.flush.store(number, Ordering::Relaxed);
         for p in batch.iter().filter(|p| !Arc::ptr_eq(&p.waiter, own)) {
-            p.waiter.settle(settled);
+            p.waiter.settle(settled, number);
         }
         (more && goes_on, outcome.map(remove).map_err(|(why, _)| why))
+    }
+
+    /// Waits, before a flush, for the looping publishers the last flush
+    /// answered to append again, for no longer than the shorter of the last
+    /// two flushes took (`Pace`).
+    fn await_returners<'a>(&'a self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        if st.pace.returned >= st.pace.expected {
+            return st;
+        }
+        let until = Instant::now() + st.pace.took[0].min(st.pace.took[1]);
+        st.pace.waiting = true;
+        while st.pace.returned < st.pace.expected && !st.closing {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            st = self
+                .returned
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        st.pace.waiting = false;
+        st
     }
 
     /// Makes file `number` at its full size: zeros, flushed, and its name
@@ -1573,6 +1677,7 @@ impl Drop for DiskLog {
         self.shared.flush.notify_all();
         self.shared.visible.notify_all();
         self.shared.prepare.notify_all();
+        self.shared.returned.notify_all();
         if let Some(flusher) = self.flusher.take() {
             let _ = flusher.join();
         }
@@ -1649,6 +1754,7 @@ impl Follower {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::sync::mpsc;
 
     /// A directory under the system's temporary one, removed on drop.
     pub(crate) struct TempDir(pub(crate) PathBuf);
@@ -2305,6 +2411,108 @@ pub(crate) mod tests {
             thread::sleep(Duration::from_millis(1));
         }
         false
+    }
+
+    /// A publisher on a thread of its own (the pace of `--fsync always`
+    /// follows threads): each message publishes once and sends back the id.
+    fn publisher(log: &Arc<DiskLog>) -> (mpsc::Sender<&'static str>, mpsc::Receiver<EventId>) {
+        let (ask, asked) = mpsc::channel::<&'static str>();
+        let (tell, told) = mpsc::channel();
+        let log = log.clone();
+        thread::spawn(move || {
+            for data in asked {
+                let _ = tell.send(publish(&log, "t", data).id);
+            }
+        });
+        (ask, told)
+    }
+
+    type Looping = (
+        Arc<DiskLog>,
+        mpsc::Sender<&'static str>,
+        mpsc::Receiver<EventId>,
+        EventId,
+    );
+
+    /// A log whose last flush answered a publisher that publishes again as
+    /// soon as it is answered (twice so far: the id of the second is
+    /// returned), with the wait before a flush set to `wait`.
+    fn log_with_a_looping_publisher(dir: &TempDir, wait: Duration) -> Looping {
+        let log = Arc::new(open_log(dir, 100, 1 << 20, Fsync::Always));
+        let (ask, told) = publisher(&log);
+        let mut last = None;
+        for data in ["one", "two"] {
+            ask.send(data).unwrap();
+            last = Some(told.recv_timeout(Duration::from_secs(10)).unwrap());
+        }
+        let mut st = log.shared.lock();
+        assert_eq!((st.pace.flushes, st.pace.expected), (2, 1));
+        st.pace.took = [wait; 2];
+        drop(st);
+        (log, ask, told, last.unwrap())
+    }
+
+    #[test]
+    fn a_flush_waits_for_the_publisher_the_last_one_answered() {
+        let dir = TempDir::new("pace");
+        let (log, ask, told, two) = log_with_a_looping_publisher(&dir, Duration::from_secs(30));
+        let started = Instant::now();
+        let other = {
+            let log = log.clone();
+            thread::spawn(move || publish(&log, "t", "other").id)
+        };
+        // The other publisher leads the flush, and waits.
+        assert!(poll(|| log.shared.lock().pace.waiting));
+        assert!(!other.is_finished());
+        assert_eq!(log.len(), 2);
+        // The looping one comes back: both go into one flush, at once.
+        ask.send("three").unwrap();
+        let three = told.recv_timeout(Duration::from_secs(10)).unwrap();
+        let other = other.join().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(other < three);
+        assert_eq!(log.shared.lock().pace.flushes, 3);
+        let (_, ids) = read_all(&log, two, &TopicFilter::all());
+        assert_eq!(ids, [other, three]);
+    }
+
+    #[test]
+    fn a_publisher_that_does_not_come_back_is_waited_for_one_flush_at_most() {
+        let dir = TempDir::new("pace");
+        let wait = Duration::from_millis(300);
+        let (log, ask, told, _) = log_with_a_looping_publisher(&dir, wait);
+        let started = Instant::now();
+        publish(&log, "t", "alone");
+        let took = started.elapsed();
+        assert!(took >= wait && took < Duration::from_secs(10), "{took:?}");
+        let st = log.shared.lock();
+        assert_eq!(
+            (st.pace.flushes, st.pace.expected, st.pace.waiting),
+            (3, 0, false)
+        );
+        drop(st);
+        // Nobody is waited for now: the looping publisher's next flush is
+        // at once.
+        log.shared.lock().pace.took = [Duration::from_secs(30); 2];
+        let started = Instant::now();
+        ask.send("three").unwrap();
+        told.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_lone_publisher_is_never_waited_for() {
+        let dir = TempDir::new("pace");
+        let (log, ask, told, _) = log_with_a_looping_publisher(&dir, Duration::from_secs(30));
+        // Expected back: itself. Each publish of it ends the wait at once.
+        let started = Instant::now();
+        for data in ["three", "four", "five"] {
+            ask.send(data).unwrap();
+            told.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let st = log.shared.lock();
+        assert_eq!((st.pace.flushes, st.pace.expected), (5, 1));
     }
 
     #[test]
