@@ -943,9 +943,12 @@ impl State {
         Ok(())
     }
 
-    /// The size to give the next file: twice what the last full one holds,
-    /// or the newest will hold (files roll over after `--history`/8 events
-    /// too), within the bounds of a file. A record beyond it grows the file.
+    /// The size to give the next file: a quarter more than the last full
+    /// one holds, or the newest will hold (files roll over after
+    /// `--history`/8 events too), within the bounds of a file. A record
+    /// beyond it grows the file. Every byte of it is written (zeros) and
+    /// flushed ahead, and the flushes of records that run meanwhile wait
+    /// for the disk to take them: the smaller, the shorter that wait.
     fn next_size(&self, sh: &Shared) -> u64 {
         let n = self.segments.len();
         let last_full = n.checked_sub(2).map(|i| self.segments[i].written.len);
@@ -954,7 +957,8 @@ impl State {
             0 => sh.segment_bytes,
             n => newest.len / n as u64 * sh.segment_events as u64,
         };
-        let want = 2 * last_full.unwrap_or(newest_full);
+        let like = last_full.unwrap_or(newest_full);
+        let want = like + like / 4;
         want.clamp(SEGMENT_MIN_BYTES, sh.segment_bytes)
             .next_multiple_of(SEGMENT_MIN_BYTES)
             .min(sh.segment_bytes)
