@@ -433,7 +433,8 @@ struct Pending {
 /// this flush instead of waiting for the next, and a publisher that does
 /// not come back delays the others by less than the flush it would
 /// otherwise have waited for. A lone publisher, or publishers that do not
-/// loop, are never waited for.
+/// loop (back later than two such waits after their answer), are never
+/// waited for.
 #[derive(Default)]
 struct Pace {
     /// Flushes ended so far: the number of the newest one.
@@ -448,12 +449,35 @@ struct Pace {
     took: [Duration; 2],
     /// A leader waits on `Shared::returned` for the last of them.
     waiting: bool,
+    /// Tests set the wait.
+    #[cfg(test)]
+    wait: Option<Duration>,
+}
+
+impl Pace {
+    /// How long a leader waits at most: the shorter of the last two flushes.
+    fn wait(&self) -> Duration {
+        #[cfg(test)]
+        if let Some(wait) = self.wait {
+            return wait;
+        }
+        self.took[0].min(self.took[1])
+    }
+}
+
+/// What a thread's last publish under `--fsync always` was answered by.
+#[derive(Clone, Copy)]
+struct Answered {
+    /// The log (the address of its `Shared`; 0: none yet).
+    log: usize,
+    /// The number of the flush.
+    flush: u64,
+    at: Option<Instant>,
 }
 
 thread_local! {
-    /// The number of the flush that answered this thread's last publish
-    /// under `--fsync always` (0: none).
-    static ANSWERED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    static ANSWERED: std::cell::Cell<Answered> =
+        const { std::cell::Cell::new(Answered { log: 0, flush: 0, at: None }) };
 }
 
 /// An appender waiting for the flush that covers its record (`--fsync
@@ -1168,15 +1192,25 @@ impl Shared {
             // Written with the others of its flush by whoever leads it: the
             // lock is held here for no system call.
             let frame = Arc::new(Frame::new(id, event));
-            let last = ANSWERED.get();
+            let answered = ANSWERED.get();
             let pace = &mut st.pace;
+            let last = if answered.log == self.key() {
+                answered.flush
+            } else {
+                0
+            };
             if last != 0 && last == pace.flushes {
                 pace.returned += 1;
                 if pace.waiting && pace.returned >= pace.expected {
                     self.returned.notify_one();
                 }
             }
-            let waiter = Waiter::new(last != 0 && last + 1 >= pace.flushes);
+            // Back within two waits (`Pace::wait`) of its answer, and before
+            // a second flush ended: it publishes as soon as it is answered.
+            let soon = answered
+                .at
+                .is_some_and(|at| at.elapsed() <= 2 * pace.wait());
+            let waiter = Waiter::new(soon && last != 0 && last + 1 >= pace.flushes);
             st.unsynced.push(Pending {
                 record,
                 frame: frame.clone(),
@@ -1186,7 +1220,7 @@ impl Shared {
                 drop(st);
                 match waiter.wait() {
                     DURABLE => {
-                        ANSWERED.set(waiter.flush.load(Ordering::Relaxed));
+                        self.answered(&waiter);
                         return Ok(frame);
                     }
                     FAILED => return Err(LogError(self.lock().failure.clone())),
@@ -1195,7 +1229,7 @@ impl Shared {
             }
             st.flushing = true;
             let committed = self.commit(st, &waiter);
-            ANSWERED.set(waiter.flush.load(Ordering::Relaxed));
+            self.answered(&waiter);
             return committed.map(|()| frame).map_err(LogError);
         }
         if let Err(e) = st.write(self, &record, id) {
@@ -1217,6 +1251,20 @@ impl Shared {
         remove(removed);
         self.succeeded();
         Ok(frame)
+    }
+
+    /// Tells this log apart from another in the same process (tests).
+    fn key(&self) -> usize {
+        self as *const Shared as usize
+    }
+
+    /// Notes on this thread which flush answered its publish, and when.
+    fn answered(&self, waiter: &Waiter) {
+        ANSWERED.set(Answered {
+            log: self.key(),
+            flush: waiter.flush.load(Ordering::Relaxed),
+            at: Some(Instant::now()),
+        });
     }
 
     /// A write or flush failed: said once, until one succeeds again.
@@ -1358,13 +1406,12 @@ impl Shared {
     }
 
     /// Waits, before a flush, for the looping publishers the last flush
-    /// answered to append again, for no longer than the shorter of the last
-    /// two flushes took (`Pace`).
+    /// answered to append again, for no longer than `Pace::wait`.
     fn await_returners<'a>(&'a self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
         if st.pace.returned >= st.pace.expected {
             return st;
         }
-        let until = Instant::now() + st.pace.took[0].min(st.pace.took[1]);
+        let until = Instant::now() + st.pace.wait();
         st.pace.waiting = true;
         while st.pace.returned < st.pace.expected && !st.closing {
             let left = until.saturating_duration_since(Instant::now());
@@ -2443,6 +2490,7 @@ pub(crate) mod tests {
     /// returned), with the wait before a flush set to `wait`.
     fn log_with_a_looping_publisher(dir: &TempDir, wait: Duration) -> Looping {
         let log = Arc::new(open_log(dir, 100, 1 << 20, Fsync::Always));
+        log.shared.lock().pace.wait = Some(Duration::from_secs(30));
         let (ask, told) = publisher(&log);
         let mut last = None;
         for data in ["one", "two"] {
@@ -2451,7 +2499,7 @@ pub(crate) mod tests {
         }
         let mut st = log.shared.lock();
         assert_eq!((st.pace.flushes, st.pace.expected), (2, 1));
-        st.pace.took = [wait; 2];
+        st.pace.wait = Some(wait);
         drop(st);
         (log, ask, told, last.unwrap())
     }
@@ -2497,11 +2545,33 @@ pub(crate) mod tests {
         drop(st);
         // Nobody is waited for now: the looping publisher's next flush is
         // at once.
-        log.shared.lock().pace.took = [Duration::from_secs(30); 2];
+        log.shared.lock().pace.wait = Some(Duration::from_secs(30));
         let started = Instant::now();
         ask.send("three").unwrap();
         told.recv_timeout(Duration::from_secs(10)).unwrap();
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_publisher_that_comes_back_late_is_not_waited_for() {
+        let dir = TempDir::new("pace");
+        let log = Arc::new(open_log(&dir, 100, 1 << 20, Fsync::Always));
+        let (ask, told) = publisher(&log);
+        // Published again well after two waits: not looping.
+        let wait = Duration::from_millis(20);
+        log.shared.lock().pace.wait = Some(wait);
+        for data in ["one", "two"] {
+            ask.send(data).unwrap();
+            told.recv_timeout(Duration::from_secs(10)).unwrap();
+            thread::sleep(3 * wait);
+        }
+        log.shared.lock().pace.wait = Some(Duration::from_secs(30));
+        assert_eq!(log.shared.lock().pace.expected, 0);
+        // So another publisher's flush does not wait for it.
+        let started = Instant::now();
+        publish(&log, "t", "other");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(log.shared.lock().pace.flushes, 3);
     }
 
     #[test]
