@@ -491,8 +491,8 @@ struct Waiter {
     state: AtomicU8,
     /// The number of the flush that settled it, stored before `state`.
     flush: AtomicU64,
-    /// Its appender's previous record was answered by one of the last two
-    /// flushes: a publisher that comes straight back (`Pace`).
+    /// Its appender came straight back: its previous record was answered
+    /// by one of the last two flushes, less than two waits ago (`Pace`).
     looping: bool,
 }
 
@@ -1324,7 +1324,6 @@ impl Shared {
         }
         st = self.await_returners(st);
         let batch = std::mem::take(&mut st.unsynced);
-        st.pace.returned = 0;
         let records: Vec<(&[u8], EventId)> =
             batch.iter().map(|p| (&p.record[..], p.frame.id)).collect();
         let written = st.write_records(self, &records);
@@ -1413,7 +1412,7 @@ impl Shared {
         }
         let until = Instant::now() + st.pace.wait();
         st.pace.waiting = true;
-        while st.pace.returned < st.pace.expected && !st.closing {
+        while st.pace.returned < st.pace.expected {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -1728,7 +1727,6 @@ impl Drop for DiskLog {
         self.shared.flush.notify_all();
         self.shared.visible.notify_all();
         self.shared.prepare.notify_all();
-        self.shared.returned.notify_all();
         if let Some(flusher) = self.flusher.take() {
             let _ = flusher.join();
         }
